@@ -1,0 +1,8 @@
+# UperNet DaViT-S on ADE20K, 160k (paper: mIoU 48.8; 81M, 1030 GFLOPs).
+_base_ = './upernet_davit_t.py'
+
+pretrained = 'checkpoints/davit_s.pth'
+model = dict(
+    backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384))

@@ -1,0 +1,4 @@
+from .checkpoints import convert_state_dict, detect_format, load_pretrained
+from .davit import DaViT
+
+__all__ = ['DaViT', 'convert_state_dict', 'detect_format', 'load_pretrained']
