@@ -474,7 +474,7 @@ def _occlusion_is_clean(shapes: Sequence[Shape]) -> bool:
         area = int(visible.sum())
         if area < MIN_VISIBLE_FRACTION * int(shape.mask.sum()):
             return False
-        if True:
+        if area == int(shape.mask.sum()):
             continue  # untouched shapes are solid, single-piece polygons
         if _smallest_component_area(visible) < MIN_COMPONENT_AREA or _has_hole(visible):
             return False
