@@ -7,7 +7,7 @@ STAMP := $(VENV)/.mmdavit-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo demo-data clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +26,26 @@ $(STAMP): setup.py requirements/runtime.txt requirements/tests.txt
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The embedded default: synthetic COCO/ADE-format data, Mask R-CNN then UperNet through mim, each
+# evaluated with pictures of its predictions and a plot of loss and mAP / mIoU, all under work_dirs/.
+MIM := $(VENV)/bin/mim
+DET_DEMO := maskrcnn_davit_t_synthetic
+SEG_DEMO := upernet_davit_t_synthetic
+
+demo-data: install
+	$(PY) tools/generate_synthetic_data.py all --out data/synthetic --size 128 160
+
+demo: demo-data
+	$(MIM) train mmdet configs/detection/$(DET_DEMO).py --work-dir work_dirs/$(DET_DEMO)
+	$(MIM) test mmdet configs/detection/$(DET_DEMO).py --checkpoint work_dirs/$(DET_DEMO)/epoch_6.pth \
+	  --work-dir work_dirs/$(DET_DEMO)/test --show-dir predictions
+	$(PY) tools/analysis/plot_training.py work_dirs/$(DET_DEMO)
+	$(MIM) train mmseg configs/segmentation/$(SEG_DEMO).py --work-dir work_dirs/$(SEG_DEMO)
+	$(MIM) test mmseg configs/segmentation/$(SEG_DEMO).py --checkpoint work_dirs/$(SEG_DEMO)/iter_300.pth \
+	  --work-dir work_dirs/$(SEG_DEMO)/test --show-dir predictions
+	$(PY) tools/analysis/plot_training.py work_dirs/$(SEG_DEMO)
+	@echo "demo done: see work_dirs/$(DET_DEMO) and work_dirs/$(SEG_DEMO) (training_curves.png, test/*/predictions)"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,4 +9,4 @@ __version__ = '0.1.0'
 
 allow_mmengine_checkpoint_types()
 
-from . import models  # noqa: E402,F401  (registers DaViT)
+from . import engine, models  # noqa: E402,F401  (registers DaViT, the constructor and hooks)

@@ -20,7 +20,17 @@ def _numpy_types() -> list:
     return types
 
 
+def _history_buffer_state(self) -> dict:
+    # mmengine pickles HistoryBuffer's statistics functions (as getattr(HistoryBuffer, 'min')), which
+    # weights_only loads reject; allow-listing getattr would make them unsafe again. The functions are
+    # class-level and __setstate__ re-registers the defaults, so leaving them out loses nothing.
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
 def allow_mmengine_checkpoint_types() -> None:
     from mmengine.logging import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_state
     torch.serialization.add_safe_globals([HistoryBuffer, argparse.Namespace, collections.OrderedDict,
                                           *_numpy_types()])

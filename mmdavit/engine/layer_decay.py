@@ -141,8 +141,9 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if group_key not in groups:
                 groups[group_key] = self._new_group(layer_ids[name], max_id, decay_mult, custom_key)
             groups[group_key]['params'].append(param)
-        # bottom layer first; within a layer, in order of first appearance (deterministic for resume)
-        ordered = [groups[key] for key in sorted(groups, key=lambda key: key[0])]
+        # bottom layer first; within a layer decayed before not decayed, custom keys last (deterministic,
+        # so a resumed run rebuilds the groups in the checkpoint's order)
+        ordered = [groups[key] for key in sorted(groups, key=lambda key: (key[0], key[2] or '', -key[1]))]
         params.extend(ordered)
         self.built_groups = [
             dict(group_name=g['group_name'], layer_id=g['layer_id'], lr_scale=g['lr_scale'],

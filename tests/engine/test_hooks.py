@@ -39,9 +39,10 @@ class ToyClassifier(BaseModel):
 
 
 class ToyData(Dataset):
+    """One epoch is 4 iterations: the Runner's infinite loader sleeps 2 s whenever an epoch ends."""
 
     def __len__(self):
-        return 6
+        return 8
 
     def __getitem__(self, index):
         inputs = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(index))
@@ -130,9 +131,16 @@ def test_layer_lrs_divide_out_custom_lr_mult():
     assert hooks.layer_lrs(groups) == {'layer_0': 1.0, 'head': 3.0}
 
 
-def test_logs_per_layer_lrs_to_log_json_and_message_hub(tmp_path):
-    runner = make_runner(tmp_path)
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory) -> Runner:
+    """4 iterations (2 of warmup, then cosine), logging every iteration, checkpoints at 2 and 4."""
+    runner = make_runner(tmp_path_factory.mktemp('uninterrupted'))
     runner.train()
+    return runner
+
+
+def test_logs_per_layer_lrs_to_log_json_and_message_hub(uninterrupted):
+    runner = uninterrupted
     groups = runner.optim_wrapper.optimizer.param_groups
     names = [f'layer_{i}_lr' for i in range(MAX_ID)] + ['head_lr']
     base_lrs = runner.message_hub.get_scalar('train/base_lr').data[0]
@@ -141,18 +149,16 @@ def test_logs_per_layer_lrs_to_log_json_and_message_hub(tmp_path):
         logged = runner.message_hub.get_scalar(f'train/{name}').data[0]
         scale = next(g['lr_scale'] for g in groups if g['layer_id'] == layer_id)
         assert logged.tolist() == pytest.approx((base_lrs * scale).tolist(), rel=1e-9), name
-    (scalars_file, ) = glob.glob(osp.join(str(tmp_path), '*', 'vis_data', 'scalars.json'))
+    (scalars_file, ) = glob.glob(osp.join(runner.log_dir, 'vis_data', 'scalars.json'))
     records = [json.loads(line) for line in open(scalars_file)]
     assert len(records) == 4 and all(set(names) <= set(record) for record in records)
     assert records[0]['head_lr'] == pytest.approx(1e-4) and records[0]['layer_0_lr'] == pytest.approx(1e-4 * 0.8**6)
-    (log_file, ) = glob.glob(osp.join(str(tmp_path), '*', '*.log'))
+    (log_file, ) = glob.glob(osp.join(runner.log_dir, '*.log'))
     assert 'layer_0_lr: 2.6214e-05' in open(log_file).read()  # scientific notation, like lr
 
 
-def test_resume_continues_groups_and_optimizer_state_exactly(tmp_path):
-    uninterrupted = make_runner(tmp_path / 'full')
-    uninterrupted.train()
-    resumed = make_runner(tmp_path / 'resumed', load_from=str(tmp_path / 'full' / 'iter_2.pth'), resume=True)
+def test_resume_continues_groups_and_optimizer_state_exactly(uninterrupted, tmp_path):
+    resumed = make_runner(tmp_path, load_from=osp.join(uninterrupted.work_dir, 'iter_2.pth'), resume=True)
     resumed.train()  # iterations 3 and 4, after LayerDecayLRHook re-checked the resumed groups
     assert resumed.iter == uninterrupted.iter == 4
     assert resumed.optim_wrapper.layer_decay_groups == uninterrupted.optim_wrapper.layer_decay_groups
