@@ -1,0 +1,7 @@
+# The synthetic demo of maskrcnn_davit_t.py with the layer-wise learning-rate decay of maskrcnn_davit_t_lrd.py.
+_base_ = './maskrcnn_davit_t_synthetic.py'
+
+optim_wrapper = dict(
+    constructor='mmdavit.DaViTLayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(decay_rate=0.9, decay_type='layer_wise'))
+custom_hooks = [dict(type='mmdavit.LayerDecayLRHook')]
