@@ -41,12 +41,12 @@ def test_downstream_config_overrides_and_builds(workspace, kind):
                 'model = dict(roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))\n'
                 + detection_overrides(data['coco']))
         check = ('m = MODELS.build(cfg.model); assert m.roi_head.bbox_head.num_classes == 3; '
-                 'print(type(m).__name__, type(m.backbone).__module__)')
+                 'print("RESULT", type(m).__name__, type(m.backbone).__module__)')
     else:
         body = ("_base_ = 'mmdavit::segmentation/upernet_davit_t_synthetic.py'\n"
                 'model = dict(decode_head=dict(num_classes=3))\n' + segmentation_overrides(data['ade']))
         check = ('m = MODELS.build(cfg.model); assert m.decode_head.num_classes == 3; '
-                 'print(type(m).__name__, type(m.backbone).__module__)')
+                 'print("RESULT", type(m).__name__, type(m.backbone).__module__)')
     (root / f'my_{kind}.py').write_text(body)
     scope = 'mmdet' if kind == 'detection' else 'mmseg'
     code = (f'from mmengine.config import Config\nfrom mmengine.registry import init_default_scope\n'
@@ -54,13 +54,15 @@ def test_downstream_config_overrides_and_builds(workspace, kind):
             f'from {scope}.registry import MODELS, DATASETS\n'
             f'{check}\n'
             # The dataset builds its transforms from our (inherited) pipeline: they must resolve in mmdet/mmseg.
-            f'ds = DATASETS.build(cfg.train_dataloader.dataset); print(len(ds), type(ds[0]["inputs"]).__name__)\n')
-    out = run([sys.executable, '-c', code], cwd=root).split('\n')
+            f'ds = DATASETS.build(cfg.train_dataloader.dataset); print("RESULT", len(ds), type(ds[0]["inputs"]).__name__)\n')
+    out = [line[len('RESULT '):] for line in run([sys.executable, '-c', code], cwd=root).split('\n')
+           if line.startswith('RESULT ')]
     expected_model = 'MaskRCNN' if kind == 'detection' else 'EncoderDecoder'
     assert out[0] == f'{expected_model} mmdavit.models.davit'
     assert out[1] == '4 Tensor'
 
 
+@pytest.mark.slow
 def test_mim_train_and_test_mmdet_from_elsewhere(workspace):
     root, data = workspace
     config = root / 'my_maskrcnn.py'
@@ -72,6 +74,7 @@ def test_mim_train_and_test_mmdet_from_elsewhere(workspace):
     assert 'coco/bbox_mAP' in out + ''.join(p.read_text() for p in (root / 'wd_det_test').rglob('*.log'))
 
 
+@pytest.mark.slow
 def test_mim_train_mmseg_from_elsewhere(workspace):
     root, data = workspace
     config = root / 'my_upernet.py'
