@@ -1,0 +1,126 @@
+"""tools/train.py, test.py, infer.py and dist_train.sh, run as users run them: subprocesses, on a tiny
+synthetic COCO set, from a working directory outside the repository."""
+import json
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Tuple
+
+import cv2
+import pytest
+import torch
+from mmengine.config import Config
+
+from tests.tools.common import DET_CONFIG, REPO, SEG_CONFIG, TOOLS, coco_options, load_tool, make_synthetic_coco, run
+
+# One epoch of 4 images in batches of 2 = two iterations; no validation during training (val_begin=2).
+SHORT_SCHEDULE = ['train_cfg.max_epochs=1', 'train_cfg.val_begin=2', 'train_dataloader.batch_size=2',
+                  'randomness.seed=0']
+
+
+@pytest.fixture(scope='module')
+def coco_root(tmp_path_factory) -> Path:
+    return make_synthetic_coco(tmp_path_factory.mktemp('synthetic'))
+
+
+@pytest.fixture(scope='module')
+def trained(coco_root, tmp_path_factory) -> Tuple[Path, str]:
+    """A two-iteration training run of the synthetic Mask R-CNN config: (work_dir, console output)."""
+    work_dir = tmp_path_factory.mktemp('train')
+    result = run([sys.executable, TOOLS / 'train.py', DET_CONFIG, '--work-dir', work_dir, '--cfg-options',
+                  *SHORT_SCHEDULE, *coco_options(coco_root)], cwd=work_dir)
+    return work_dir, result.stdout + result.stderr
+
+
+def test_package_comes_from_default_scope():
+    train = load_tool('train.py')
+    assert train.package_of(Config.fromfile(str(DET_CONFIG)), 'det') == 'mmdet'
+    assert train.package_of(Config.fromfile(str(SEG_CONFIG)), 'seg') == 'mmseg'
+    assert train.upstream_script_path('mmseg', 'test').parts[-4:] == ('mmseg', '.mim', 'tools', 'test.py')
+    with pytest.raises(SystemExit, match='default_scope=None'):
+        train.package_of(Config(dict(model=dict())), 'bare.py')
+
+
+def test_resume_path_becomes_load_from_for_mmseg():
+    train = load_tool('train.py')
+    argv = ['cfg.py', '--resume', 'w/iter_10.pth', '--amp']
+    assert train.resume_with_path_for_mmseg(argv, 'w/iter_10.pth') == [
+        'cfg.py', '--resume', '--amp', '--cfg-options', 'load_from=w/iter_10.pth']
+    assert train.resume_with_path_for_mmseg(['cfg.py', '--resume=x.pth'], 'x.pth') == [
+        'cfg.py', '--resume', '--cfg-options', 'load_from=x.pth']
+    assert train.resume_with_path_for_mmseg(['cfg.py', '--resume'], 'auto') == ['cfg.py', '--resume']
+
+
+def test_train_runs_two_iterations_and_saves_a_checkpoint(trained):
+    work_dir, output = trained
+    assert 'Epoch(train) [1][2/2]' in output
+    assert (work_dir / 'epoch_1.pth').is_file()
+    dumped = Config.fromfile(str(work_dir / DET_CONFIG.name))
+    assert dumped.default_scope == 'mmdet' and dumped.runner_type == 'mmdavit.DaViTRunner'
+
+
+def test_test_evaluates_the_checkpoint_with_mmdet_outputs(trained, coco_root, tmp_path):
+    work_dir, _ = trained
+    predictions = tmp_path / 'predictions.pkl'
+    result = run([sys.executable, TOOLS / 'test.py', DET_CONFIG, work_dir / 'epoch_1.pth', '--work-dir', tmp_path,
+                  '--out', predictions, '--show-dir', 'pictures', '--cfg-options', *coco_options(coco_root)],
+                 cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert re.search(r'Epoch\(test\).*coco/bbox_mAP: -?[\d.]+.*coco/segm_mAP: -?[\d.]+', output), output[-2000:]
+    # mmdet's own test.py ran: its DumpDetResults pickle (mmseg would want a folder) and its show-dir hook.
+    with open(predictions, 'rb') as f:
+        assert len(pickle.load(f)) == 2
+    assert len(list(tmp_path.glob('*/pictures/*.png'))) == 2
+    metrics = json.loads(next(tmp_path.glob('*/*.json')).read_text().splitlines()[-1])
+    assert 'coco/bbox_mAP' in metrics and 'coco/segm_mAP' in metrics
+
+
+def test_mmseg_test_honours_runner_type(tmp_path):
+    # mmseg's test.py builds mmengine's Runner directly; ours must still build DaViTRunner, whose
+    # missing-dataset error is the tell. Fails before any checkpoint is read.
+    missing = tmp_path / 'no_such_data'
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / 'test.py'), str(SEG_CONFIG), str(tmp_path / 'none.pth'), '--work-dir',
+         str(tmp_path), '--cfg-options', f'test_dataloader.dataset.data_root={missing}'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert 'Dataset not found' in result.stderr and 'make demo' in result.stderr, result.stderr[-2000:]
+
+
+def test_infer_writes_a_picture(trained, coco_root, tmp_path):
+    work_dir, _ = trained
+    image = coco_root / 'val2017' / '000000000001.png'
+    result = run([sys.executable, TOOLS / 'infer.py', DET_CONFIG, work_dir / 'epoch_1.pth', image,
+                  '--out-dir', tmp_path / 'out', '--score-thr', '0'], cwd=tmp_path)
+    picture = tmp_path / 'out' / 'vis' / image.name
+    assert f'{image} -> {picture}' in result.stdout
+    drawn, original = cv2.imread(str(picture)), cv2.imread(str(image))
+    assert drawn is not None and drawn.shape == original.shape
+    assert (drawn != original).any(), 'no prediction drawn at --score-thr 0'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
+                    reason='two processes need two GPUs when CUDA is present (CPU runs use gloo)')
+def test_dist_train_two_processes(coco_root, tmp_path):
+    env = {**os.environ, 'PYTHON': sys.executable, 'PORT': str(free_port())}
+    # 4 images, 2 ranks, batch 1: each rank runs 2 iterations (4 would mean the data was not sharded).
+    result = run(['bash', TOOLS / 'dist_train.sh', DET_CONFIG, 2, '--work-dir', tmp_path, '--cfg-options',
+                  'train_cfg.max_epochs=1', 'train_cfg.val_begin=2', 'train_dataloader.batch_size=1',
+                  *coco_options(coco_root)], cwd=REPO, env=env)
+    output = result.stdout + result.stderr
+    # torchrun exits 0 only when every rank did.
+    assert 'Distributed training: True' in output and 'GPU number: 2' in output
+    if not torch.cuda.is_available():
+        assert "dist_cfg: {'backend': 'gloo'}" in output
+    assert 'Epoch(train) [1][2/2]' in output and 'Epoch(train) [1][4/4]' not in output
+    assert (tmp_path / 'epoch_1.pth').is_file()
