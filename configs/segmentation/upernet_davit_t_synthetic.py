@@ -1,6 +1,6 @@
 # The demo: UperNet DaViT-T on the synthetic ADE-format shapes that `make demo` generates
-# (tools/generate_synthetic_data.py). Same model and optimizer as the paper config; only the data, image
-# scale, schedule and evaluation interval change (and no pretrained weights, none being offline).
+# (tools/generate_synthetic_data.py). Same backbone and optimizer as the paper config; the data, image
+# scale, schedule, evaluation interval and decoder width change (and no pretrained weights offline).
 _base_ = './upernet_davit_t.py'
 
 # BaseSegDataset: mmseg's ADE20KDataset only accepts subsets of the 150 ADE classes as metainfo.
@@ -13,10 +13,11 @@ crop_size = (128, 160)  # (h, w) of the generated images (make demo: --size 128 
 # BN instead of SyncBN: the same config runs single-process and distributed on CPU (gloo has no SyncBN).
 norm_cfg = dict(type='BN', requires_grad=True)
 
+# CPU-sized decoder: UperNet's 512-channel fusion conv costs ~10x the backbone at this image size.
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(init_cfg=None),
-    decode_head=dict(num_classes=4, norm_cfg=norm_cfg),
+    decode_head=dict(num_classes=4, norm_cfg=norm_cfg, channels=128),
     auxiliary_head=dict(num_classes=4, norm_cfg=norm_cfg))
 
 train_pipeline = [
