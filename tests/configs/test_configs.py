@@ -1,4 +1,5 @@
 """Every shipped config loads, builds, and carries the official recipe's numbers."""
+import re
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,7 @@ def test_param_count_matches_paper(name):
     assert model.backbone.arch['embed_dims'] == {'t': 96, 's': 96, 'b': 128}[name[-1]]
 
 
-@pytest.mark.parametrize('name', [n for n in DETECTION if n.startswith(('maskrcnn', 'retinanet'))
-                                  and n.split('_')[2] in ('t', 's', 'b')])
+@pytest.mark.parametrize('name', [n for n in DETECTION if re.fullmatch(r'(maskrcnn|retinanet)_davit_[tsb](_3x)?', n)])
 def test_detection_recipe(name):
     cfg = load(name)
     variant = name.split('_')[2]
@@ -89,7 +89,7 @@ def test_detection_recipe(name):
     assert with_mask == name.startswith('maskrcnn')
 
 
-@pytest.mark.parametrize('name', [n for n in SEGMENTATION if n.startswith('upernet') and n.count('_') == 2])
+@pytest.mark.parametrize('name', [n for n in SEGMENTATION if re.fullmatch(r'upernet_davit_[tsb]', n)])
 def test_segmentation_recipe(name):
     cfg = load(name)
     variant = name.split('_')[2]
