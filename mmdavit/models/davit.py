@@ -5,7 +5,7 @@ Linear act on the last dim without copies, and ``x.permute(0, 3, 1, 2)`` is a ch
 that the depthwise and patch convolutions take without a layout copy.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -56,9 +56,92 @@ def pad_right_bottom(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
+def recording_graph() -> bool:
+    """True while ``torch.jit.trace`` or the ONNX exporter records the forward. The CPU fast paths below
+    (in-place updates, per-sample and per-band loops) would be recorded as a fixed, mutating graph, so those
+    recorders get the plain computation, which gives the same numbers."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def may_update_in_place() -> bool:
+    """Without autograd (and outside a graph recorder) a module may write into its own temporaries."""
+    return not torch.is_grad_enabled() and not recording_graph()
+
+
+def tokens_to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, C)`` tokens -> contiguous ``(B, C, H, W)``, copied sample by sample as 2-D transposes:
+    PyTorch's CPU copy has a blocked kernel for those, 3x faster than its generic 4-D permute copy."""
+    if x.device.type != 'cpu' or recording_graph():
+        return x.permute(0, 3, 1, 2).contiguous()
+    batch, height, width, dims = x.shape
+    out = x.new_empty(batch, dims, height, width)
+    for i in range(batch):
+        out[i].view(dims, height * width).copy_(x[i].reshape(height * width, dims).t())
+    return out
+
+
 def conv_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Apply an NCHW convolution to ``(B, H, W, C)`` tokens, returning ``(B, H', W', C')``."""
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class FlushNegligible(torch.autograd.Function):
+    """Identity, except that entries below 2^-64 of the tensor's largest magnitude become exact zeros, in
+    the value and in its gradient. Such entries move no sum they enter (fp32 resolves 2^-24; outputs stay
+    bitwise the same), but they breed subnormal numbers, on which x86 GEMMs run up to 10x slower.
+
+    Channel attention needs it: its logits sum over all tokens, so at 800x1344 80-96% of the softmax entries
+    of strides 4-16 (and of the logits' gradient) are that small, some subnormal. Flushing them made
+    forward+backward 1.35x faster there on one CPU core.
+    """
+
+    @classmethod
+    def apply(cls, x: torch.Tensor) -> torch.Tensor:
+        return x if recording_graph() else super().apply(x)  # exported graphs: identity, same outputs
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _zero_negligible(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _zero_negligible(grad)
+
+
+def _zero_negligible(x: torch.Tensor) -> torch.Tensor:
+    magnitude = x.abs()
+    return x.masked_fill(magnitude < magnitude.amax() * 2.0**-64, 0.0)
+
+
+# Bands of about this many tokens keep a branch's wide intermediates (4C MLP hidden, 3C qkv) in cache.
+BAND_TOKENS = 2048
+
+
+def add_in_bands(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor],
+                 multiple: Optional[int] = 1) -> torch.Tensor:
+    """``x + branch(x)``. A ``branch`` that treats bands of ``multiple`` rows independently (a per-token MLP:
+    1; window attention: the window size; None for one that mixes all rows) is computed one band of about
+    ``BAND_TOKENS`` tokens at a time, bitwise the same as all rows at once.
+
+    Bands only on one CPU thread: there the 4C-wide MLP hidden activations (3C qkv) of a band stay in cache
+    between fc1, GELU and fc2 instead of being allocated, page-faulted and streamed at full size (alone, the
+    stage-0 MLP residual at 800x1344 takes 100 ms instead of 220 ms; the backbone's forward+backward 7%
+    less). With more threads every op of every band is a thread synchronisation: on a busy 2-core machine
+    that made the forward up to 2x slower. GPUs would only see more kernel launches.
+
+    Without autograd the sums are written into ``x``, which must therefore be a temporary of the caller.
+    """
+    batch, height, width, _ = x.shape
+    rows = height if multiple is None else -(-BAND_TOKENS // (batch * width * multiple)) * multiple
+    in_place = may_update_in_place()
+    if rows >= height or x.device.type != 'cpu' or torch.get_num_threads() > 1 or recording_graph():
+        return x.add_(branch(x)) if in_place else x + branch(x)
+    bands = x.split(rows, dim=1)
+    if not in_place:
+        return torch.cat([band + branch(band) for band in bands], dim=1)
+    for band in bands:
+        band += branch(band)
+    return x
 
 
 class DropPath(nn.Module):
@@ -68,12 +151,16 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sample_scale(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-sample factor (0 or 1 / keep) broadcastable to ``x``, or None when nothing is dropped."""
         if self.drop_prob == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
+        return x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.sample_scale(x)
+        return x if scale is None else x * scale
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob:.3f}'
@@ -115,7 +202,10 @@ class ConvPosEnc(nn.Module):
         self.proj = nn.Conv2d(dims, dims, kernel_size=3, padding=1, groups=dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + conv_tokens(self.proj, x)
+        out = conv_tokens(self.proj, x)
+        if not may_update_in_place() or out.dtype != x.dtype:
+            return x + out
+        return out.add_(x)  # no autograd: add into the conv output rather than allocate the sum
 
 
 class Mlp(nn.Module):
@@ -128,7 +218,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        hidden = self.fc1(x)
+        if not may_update_in_place():
+            return self.fc2(self.act(hidden))
+        return self.fc2(torch.ops.aten.gelu_(hidden))  # no autograd: GELU in place, one 4C buffer fewer
 
 
 class WindowAttention(nn.Module):
@@ -151,9 +244,10 @@ class WindowAttention(nn.Module):
         x = pad_right_bottom(x, ws)
         rows, cols = x.shape[1] // ws, x.shape[2] // ws
         windows = x.view(batch, rows, ws, cols, ws, dims).transpose(2, 3).reshape(-1, ws * ws, dims)
-        q, k, v = self.qkv(windows).view(-1, ws * ws, 3, self.num_heads, dims // self.num_heads).permute(
-            2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        # Strided (windows, heads, tokens, head_dims) views of the qkv output. Unbinding the "3" dim in place
+        # lets autograd stack the three gradients straight into qkv's layout, with no further copy.
+        q, k, v = self.qkv(windows).view(-1, ws * ws, 3, self.num_heads, dims // self.num_heads).unbind(2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         out = self.proj(out.transpose(1, 2).reshape(-1, ws * ws, dims))
         out = out.view(batch, rows, cols, ws, ws, dims).transpose(2, 3).reshape(batch, rows * ws, cols * ws, dims)
         return out[:, :height, :width]
@@ -172,16 +266,23 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, dims = x.shape
-        tokens = height * width
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_groups, dims // self.num_groups).permute(
-            2, 0, 3, 4, 1).unbind(0)  # each (B, G, C_g, N)
-        attn = ((k * self.scale) @ v.transpose(-2, -1)).softmax(dim=-1)  # (B, G, C_g, C_g)
-        out = (attn @ q).permute(0, 3, 1, 2).reshape(batch, height, width, dims)
+        groups, group_dims = self.num_groups, dims // self.num_groups
+        # Views of the qkv output, no copies; autograd's unbind backward stacks straight into qkv's layout.
+        q, k, v = self.qkv(x).view(batch, height * width, 3, groups, group_dims).unbind(2)  # (B, N, G, C_g)
+        # Scaling k before the matmul, on these layouts, reproduces the reference's rounding bit for bit:
+        # the logits sum over all tokens and the softmax would amplify any change.
+        logits = FlushNegligible.apply((k * self.scale).permute(0, 2, 3, 1) @ v.transpose(1, 2))
+        attn = FlushNegligible.apply(logits.softmax(dim=-1))  # (B, G, C_g, C_g)
+        out = (attn @ q.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).reshape(batch, height, width, dims)
         return self.proj(out)
 
 
 class DualBlock(nn.Module):
-    """One half of a DaViT layer: ``x + cpe1``; attention residual; ``x + cpe2``; MLP residual."""
+    """One half of a DaViT layer: ``x + cpe1``; attention residual; ``x + cpe2``; MLP residual.
+
+    On one CPU thread the MLP residual, and the residual of window attention (windows never straddle a band
+    of whole window rows), are computed band by band (``add_in_bands``).
+    """
 
     def __init__(self, attn: nn.Module, dims: int, mlp_ratio: float, drop_path: float):
         super().__init__()
@@ -194,10 +295,21 @@ class DualBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The cpe outputs are new tensors of this block, which add_in_bands may then update in place.
         x = self.cpe1(x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        # Channel attention mixes all tokens: no bands (None).
+        band_multiple = self.attn.window_size if isinstance(self.attn, WindowAttention) else None
+        x = self._residual(x, lambda t: self.attn(self.norm1(t)), band_multiple)
         x = self.cpe2(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self._residual(x, lambda t: self.mlp(self.norm2(t)), 1)
+
+    def _residual(self, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor],
+                  band_multiple: Optional[int]) -> torch.Tensor:
+        """``x + drop_path(branch(x))`` through ``add_in_bands``."""
+        scale = self.drop_path.sample_scale(x)  # drawn once: every band drops the same samples
+        if scale is not None:
+            branch = (lambda t, f=branch: f(t) * scale)
+        return add_in_bands(x, branch, band_multiple)
 
 
 class DaViTLayer(nn.Module):
@@ -358,7 +470,7 @@ class DaViT(BaseModule):
         for i, stage in enumerate(self.stages):
             x = stage(x, self.with_cp and self.training)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x).permute(0, 3, 1, 2).contiguous())
+                outs.append(tokens_to_nchw(getattr(self, f'norm{i}')(x)))
             if i == self.out_indices[-1]:
                 break
         return tuple(outs)

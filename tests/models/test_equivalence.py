@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import mmdavit.models.davit as davit_module
 from mmdavit.models import DaViT, convert_state_dict
 from tests.models.reference import SMALL_SB, perturb_, timm_davit
 
@@ -76,3 +77,49 @@ def test_out_indices_subset_matches_full(tiny_pair):
     assert subset.out_indices == (1, 3)
     torch.testing.assert_close(actual[0], expected[1])
     torch.testing.assert_close(actual[1], expected[3])
+
+
+@pytest.fixture
+def one_thread_small_bands(monkeypatch):
+    """The single-thread CPU paths: residuals computed in bands (here of 64 tokens, so that small inputs
+    are cut into many bands, including a ragged last one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(davit_module, 'BAND_TOKENS', 64)
+    yield
+    torch.set_num_threads(threads)
+
+
+def weighted_sum(features):
+    """A loss whose gradient differs at every output position."""
+    return sum((f * torch.linspace(-1, 1, f.numel()).view_as(f)).sum() for f in features)
+
+
+@pytest.mark.parametrize('size', [(97, 131), (33, 45)], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_banded_forward_and_backward_match_timm(tiny_pair, one_thread_small_bands, size):
+    reference, ours = tiny_pair
+    images = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected = reference_features(reference, ours, images)
+        for stage, (a, e) in enumerate(zip(ours(images), expected)):
+            assert (a - e).abs().max().item() <= TOLERANCE, f'no-grad stage {stage}'
+
+    ours_input = images.clone().requires_grad_()
+    weighted_sum(ours(ours_input)).backward()
+    reference_input = images.clone().requires_grad_()
+    weighted_sum(reference_features(reference, ours, reference_input)).backward()
+    torch.testing.assert_close(ours_input.grad, reference_input.grad, rtol=1e-4, atol=1e-4)
+    ours.zero_grad()
+
+
+def test_banded_drop_path_drops_whole_samples(one_thread_small_bands, monkeypatch):
+    """Drop path draws one decision per sample, shared by every band: banded == unbanded, same seed."""
+    model = DaViT('tiny', drop_path_rate=0.5).train()
+    images = torch.randn(4, 3, 65, 97)
+    torch.manual_seed(0)
+    banded = model(images)
+    monkeypatch.setattr(davit_module, 'BAND_TOKENS', 10**9)
+    torch.manual_seed(0)
+    whole = model(images)
+    for a, e in zip(banded, whole):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-6)

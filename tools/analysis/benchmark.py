@@ -52,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument('--arch', default='tiny', help='DaViT arch for ours, timm and mmpretrain (default tiny)')
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:i] (default cpu)')
     parser.add_argument('--reps', type=int, default=5, help='timed repetitions (default 5)')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed repetitions first, the first counting FLOPs (default 1)')
+    parser.add_argument('--warmup', type=int, default=1,
+                        help='untimed repetitions first; the first one also counts FLOPs (default 1)')
     parser.add_argument('--models', default='ours,timm,mmpretrain,swin',
                         help='comma-separated subset of ours,timm,mmpretrain,swin (ours is always run)')
     parser.add_argument('--skip', default='', help=f'comma-separated extras to skip: {",".join(EXTRAS)}')
