@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.logging import MMLogger
 
 from mmdavit.models import DaViT, convert_state_dict, detect_format, load_pretrained
 from tests.models.reference import perturb_, timm_davit, timm_to_official
@@ -19,17 +18,6 @@ HEAD_KEYS = ['head.fc.bias', 'head.fc.weight', 'head.norm.bias', 'head.norm.weig
 @pytest.fixture(scope='module')
 def timm_state():
     return timm_davit(**TINY).state_dict()
-
-
-@pytest.fixture
-def log_records():
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def test_official_classification_converts_like_timm(timm_state):

@@ -27,7 +27,6 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
-from mmengine.logging import MMLogger
 
 from mmdavit.models import DaViT, load_pretrained
 from tests.models.reference import perturb_, timm_davit
@@ -101,17 +100,6 @@ def test_matches_timm_reference_on_small_sizes(narrow_pair, height, width, batch
         assert diff <= TOLERANCE, f'stage {stage} at {height}x{width}: max abs diff {diff:.2e}'
 
 
-@pytest.fixture
-def warnings_logged():
-    records = []
-    handler = logging.Handler(level=logging.WARNING)
-    handler.emit = records.append
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
-
-
 def test_checkpoint_of_another_backbone_with_davit_like_keys(tmp_path):
     """mmpretrain's Swin-T shares mmpretrain DaViT's key layout (``patch_embed.projection``, ``stages.i.blocks``),
     so it is detected as an mmpretrain DaViT checkpoint; loading then stops at the first tensor whose shape
@@ -127,7 +115,7 @@ def test_checkpoint_of_another_backbone_with_davit_like_keys(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_checkpoint_of_a_deeper_davit_warns_with_the_extra_blocks(tmp_path, warnings_logged):
+def test_checkpoint_of_a_deeper_davit_warns_with_the_extra_blocks(tmp_path, log_records):
     """Documented behaviour: a DaViT-S (1, 1, 9, 1) checkpoint loaded into DaViT-T (1, 1, 3, 1) has the right
     key format and shapes for every tensor DaViT-T has; it loads them and warns, naming the six blocks of
     stage 2 that DaViT-T lacks, rather than failing."""
@@ -136,5 +124,5 @@ def test_checkpoint_of_a_deeper_davit_warns_with_the_extra_blocks(tmp_path, warn
     report = load_pretrained(DaViT('tiny'), str(path))
     extra_blocks = {'.'.join(k.split('.')[:4]) for k in report.unexpected if k.startswith('stages.')}
     assert extra_blocks == {f'stages.2.blocks.{j}' for j in range(3, 9)}
-    warning = '\n'.join(r.getMessage() for r in warnings_logged)
+    warning = '\n'.join(r.getMessage() for r in log_records if r.levelno >= logging.WARNING)
     assert 'unexpected keys in the checkpoint, not loaded' in warning and 'stages.2.blocks.8.channel' in warning
