@@ -17,4 +17,4 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     scope='mmdavit',
     locations=['mmdavit.engine'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmdavit', locations=['mmdavit.engine'])
-RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mmdavit', locations=['mmdavit.runner'])
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mmdavit', locations=['mmdavit.engine'])

@@ -1,9 +1,16 @@
-"""Training machinery: the layer-wise LR decay constructor and the hook that checks and logs it.
+"""Training machinery.
 
-Importing this package registers both in mmdavit's registries and, under the same plain names, in
-mmengine's roots (see ``layer_decay.py``).
+* ``layer_decay.py``, ``hooks.py``: the layer-wise LR decay constructor and the hook that checks and logs it
+  (registered in mmdavit's registries and, under the same plain names, in mmengine's roots).
+* ``runner.py``: ``DaViTRunner`` (configs' ``runner_type``), built from ``checkpointing.py`` (atomic
+  checkpoints, clear loading errors), ``loops.py`` (exact resume) and ``cpu_amp.py`` (``--amp`` on the CPU).
 """
+from .checkpointing import AtomicCheckpointHook
+from .cpu_amp import CPUAmpOptimWrapper
 from .hooks import LayerDecayLRHook
 from .layer_decay import DaViTLayerDecayOptimWrapperConstructor
+from .loops import ResumableEpochBasedTrainLoop, ResumableIterBasedTrainLoop
+from .runner import DaViTRunner
 
-__all__ = ['DaViTLayerDecayOptimWrapperConstructor', 'LayerDecayLRHook']
+__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'DaViTLayerDecayOptimWrapperConstructor', 'DaViTRunner',
+           'LayerDecayLRHook', 'ResumableEpochBasedTrainLoop', 'ResumableIterBasedTrainLoop']

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmdavit.models import DaViT
-from mmdavit.runner import CPUAmpOptimWrapper
+from mmdavit.engine import CPUAmpOptimWrapper
 from tests.models.reference import perturb_
 from tests.reliability.runs import build_runner, write_config
 from tests.reliability.trace_hook import read_trace

@@ -1,7 +1,7 @@
 """Interrupted jobs: SIGKILL mid-epoch then ``--resume``, checkpoint writes that fail half-way, and the
 checkpoints that resume and ``load_from`` read (torch >= 2.6 loads with ``weights_only=True``).
 
-What mmengine 0.10 does alone, and what ``DaViTRunner`` changes (see ``mmdavit/runner.py``):
+What mmengine 0.10 does alone, and what ``DaViTRunner`` changes (see ``mmdavit/engine/runner.py``):
 
 * ``IterBasedTrainLoop`` resumes at the saved iteration and skips the batches already seen; the stock
   ``EpochBasedTrainLoop`` restarts the interrupted epoch from its first batch, training on those batches
@@ -226,7 +226,7 @@ def test_mmengine_checkpoint_hook_is_made_atomic(tmp_path, tiny_data):
     the crash-safe order, and its loops resume exactly."""
     from mmengine.hooks import CheckpointHook
 
-    from mmdavit.runner import AtomicCheckpointHook, ResumableEpochBasedTrainLoop, ResumableIterBasedTrainLoop
+    from mmdavit.engine import AtomicCheckpointHook, ResumableEpochBasedTrainLoop, ResumableIterBasedTrainLoop
     for kind, loop_type in [('detection', ResumableEpochBasedTrainLoop), ('segmentation', ResumableIterBasedTrainLoop)]:
         runner = build_runner(write_config(tmp_path / kind, kind, tiny_data), tmp_path / kind / 'work')
         checkpoint_hooks = [h for h in runner.hooks if isinstance(h, CheckpointHook)]
