@@ -43,9 +43,9 @@ demo: demo-data
 	$(PY) tools/analysis/plot_training.py work_dirs/$(DET_DEMO)
 	$(MIM) train mmseg configs/segmentation/$(SEG_DEMO).py --work-dir work_dirs/$(SEG_DEMO)
 	$(MIM) test mmseg configs/segmentation/$(SEG_DEMO).py --checkpoint work_dirs/$(SEG_DEMO)/iter_300.pth \
-	  --work-dir work_dirs/$(SEG_DEMO)/test --show-dir predictions
+	  --work-dir work_dirs/$(SEG_DEMO)/test --show-dir work_dirs/$(SEG_DEMO)/test/predictions
 	$(PY) tools/analysis/plot_training.py work_dirs/$(SEG_DEMO)
-	@echo "demo done: see work_dirs/$(DET_DEMO) and work_dirs/$(SEG_DEMO) (training_curves.png, test/*/predictions)"
+	@echo "demo done: see work_dirs/$(DET_DEMO) and work_dirs/$(SEG_DEMO) (training_curves.png, pictures under test/)"
 
 clean-venv:
 	rm -rf $(VENV)
