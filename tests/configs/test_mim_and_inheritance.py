@@ -1,23 +1,21 @@
 """`mmdavit::` bases and mim, from a folder outside the repository, in fresh interpreters."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.commands import run as run_checked
 from tests.configs.tiny_runs import detection_overrides, make_tiny_data, segmentation_overrides
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(args, cwd, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert result.returncode == 0, f'{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
-    return result.stdout
+def run(args, cwd) -> str:
+    """Standard output of ``args`` (Python warnings silenced); the test fails if it exits non-zero."""
+    return run_checked(args, cwd, env=dict(os.environ, PYTHONWARNINGS='ignore'), timeout=600).stdout
 
 
 @pytest.fixture(scope='module')

@@ -1,9 +1,7 @@
 """Tiny training runs for the reliability tests: config files, in-process runners and tools/ subprocesses."""
 import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from mmengine.config import Config
 
@@ -84,9 +82,3 @@ def child_env(**extra) -> dict:
 def tool_command(script: str, *args: str) -> list:
     return [sys.executable, str(ROOT / 'tools' / script), *args]
 
-
-def run(command: Sequence[str], cwd: Path, timeout: int = 300, env: dict = None) -> str:
-    result = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env=env or child_env())
-    assert result.returncode == 0, f'{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}'
-    return result.stdout + result.stderr

@@ -7,7 +7,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from tests.reliability.runs import CONFIGS, ROOT, child_env, run, write_config
+from tests.commands import run
+from tests.reliability.runs import CONFIGS, ROOT, child_env, write_config
 from tests.reliability.trace_hook import read_trace
 
 DISTRIBUTED = '''
@@ -34,9 +35,9 @@ def test_dist_train_two_processes_same_weights(tmp_path, tiny_data):
     config = write_config(tmp_path, 'detection', tiny_data, DISTRIBUTED)
     work_dir = tmp_path / 'work'
     env = child_env(PORT=str(free_port()), PYTHON=sys.executable, OMP_NUM_THREADS='1')
-    output = run(['bash', str(ROOT / 'tools/dist_train.sh'), str(config), '2', '--work-dir', str(work_dir)],
-                 cwd=tmp_path, env=env, timeout=600)
-    assert 'gloo' in output
+    result = run(['bash', ROOT / 'tools/dist_train.sh', config, 2, '--work-dir', work_dir], cwd=tmp_path, env=env,
+                 timeout=600)
+    assert 'gloo' in result.stdout + result.stderr
 
     traces = [read_trace(work_dir / f'trace_rank{rank}.jsonl') for rank in (0, 1)]
     for trace in traces:  # 4 images, 2 processes, batch 1: 2 iterations each

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.runs import ROOT, child_env, run, tool_command, write_config
+from tests.commands import run
+from tests.reliability.runs import ROOT, child_env, tool_command, write_config
 from tests.reliability.trace_hook import read_trace
 
 
@@ -37,12 +38,12 @@ def test_train_amp_and_test_write_only_where_asked(tmp_path, tiny_data):
     watched = [cwd, home, tmpdir, Path(tiny_data['ade']), tmp_path / 'configs', ROOT / 'configs', ROOT / 'tools']
     before = snapshot(*watched)
 
-    train_log = run(tool_command('train.py', str(config), '--work-dir', 'work', '--amp'), cwd=cwd, env=env)
-    assert 'mixed precision in bfloat16 autocast on the CPU' in train_log
+    train = run(tool_command('train.py', str(config), '--work-dir', 'work', '--amp'), cwd=cwd, env=env, timeout=300)
+    assert 'mixed precision in bfloat16 autocast on the CPU' in train.stdout + train.stderr
     losses = [loss for record in read_trace(cwd / 'work' / 'trace_rank0.jsonl') for loss in record['losses'].values()]
     assert losses and all(math.isfinite(loss) for loss in losses)
     run(tool_command('test.py', str(config), 'work/iter_2.pth', '--work-dir', 'test_work', '--out', 'predictions'),
-        cwd=cwd, env=env)
+        cwd=cwd, env=env, timeout=300)
 
     created = snapshot(*watched) - before
     outputs = [cwd / 'work', cwd / 'test_work', cwd / 'predictions']

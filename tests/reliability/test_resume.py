@@ -23,7 +23,8 @@ import pytest
 import torch
 from mmengine.fileio.backends.local_backend import LocalBackend
 
-from tests.reliability.runs import LAYER_DECAY, build_runner, child_env, run, tool_command, write_config
+from tests.commands import run
+from tests.reliability.runs import LAYER_DECAY, build_runner, child_env, tool_command, write_config
 from tests.reliability.trace_hook import read_trace
 
 # Warmup changes the LR every iteration, and layer decay gives every layer its own LR, so a wrong scheduler
@@ -120,7 +121,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_data, case)
     for name, iteration in kept.items():
         assert load(work_dir / name)['meta']['iter'] == iteration
 
-    output = run(tool_command('train.py', str(config), '--work-dir', str(work_dir), '--resume'), cwd=tmp_path)
+    resumed_run = run(tool_command('train.py', str(config), '--work-dir', str(work_dir), '--resume'), cwd=tmp_path,
+                      env=child_env(), timeout=300)
+    output = resumed_run.stdout + resumed_run.stderr
     assert CASES[case]['resumed_at'] in output
     if CASES[case]['note']:  # mmengine alone would restart the epoch at its first batch
         assert CASES[case]['note'] in output

@@ -1,10 +1,11 @@
-"""Shared by the tools tests: import a script from tools/ by path, run one in a subprocess, make data."""
+"""Shared by the tools tests: import a script from tools/ by path, make data (``run`` is tests/commands.py's)."""
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Optional
+from typing import List
+
+from tests.commands import run
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools'
@@ -19,16 +20,6 @@ def load_tool(relative_path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def run(args: List[object], cwd: Path, env: Optional[Dict[str, str]] = None,
-        timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command, fail the test with the end of its output unless it exits 0."""
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f'{" ".join(map(str, args))} exited {result.returncode}:\n{output[-4000:]}'
-    return result
 
 
 def make_synthetic_coco(out: Path, num_train: int = 4, num_val: int = 2) -> Path:
