@@ -242,9 +242,9 @@ def machine_description(device: torch.device) -> str:
         chip = platform.processor() or platform.machine()
         try:
             with open('/proc/cpuinfo') as cpuinfo:
-                names = [line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name')]
-            flags = open('/proc/cpuinfo').read()
-            isa = [f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if re.search(rf'\b{f}\b', flags)]
+                text = cpuinfo.read()
+            names = [line.split(':', 1)[1].strip() for line in text.splitlines() if line.startswith('model name')]
+            isa = [f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if re.search(rf'\b{f}\b', text)]
             chip = f'{names[0]} x{len(names)} logical CPUs ({", ".join(isa) or "no avx512"})'
         except (OSError, IndexError):
             pass
