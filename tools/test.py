@@ -4,7 +4,8 @@
 
 Runs the ``tools/test.py`` of the config's package (mmdet, mmseg or mmpretrain, from ``default_scope``), so
 ``--out`` and ``--show-dir`` mean what they mean there: mmdet dumps a ``.pkl`` of predictions, mmseg writes
-prediction maps into a directory; pictures go to ``WORK_DIR/TIMESTAMP/SHOW_DIR``. See tools/train.py for why
+prediction maps into a directory; mmdet draws pictures into ``WORK_DIR/TIMESTAMP/SHOW_DIR``, mmseg into
+``SHOW_DIR`` relative to the current directory. See tools/train.py for why
 we delegate and what we add (runner_type for every package, CPU distributed runs on gloo).
 """
 import sys
