@@ -39,3 +39,22 @@ def timm_to_official(state_dict: dict) -> dict:
         key = key.replace('head.norm.', 'norms.').replace('head.fc.', 'head.')
         out[key] = value
     return out
+
+
+# Florence-2 towers. timm names their blocks (``stages.{s}.blocks.{j}.spatial_block`` / ``channel_block``);
+# everything else has our names already.
+HUGE_FL_REDUCED = dict(depths=(1, 1, 2, 1))  # davit_huge_fl's widths and heads, stage 2 cut from 9 layers to 2
+
+
+def timm_davit_fl(name: str = 'davit_base_fl', **kwargs):
+    """timm's Florence-2 tower ``davit_base_fl`` / ``davit_huge_fl`` (kwargs override its arch, e.g. depths),
+    with perturbed random weights."""
+    import timm
+    model = timm.create_model(name, pretrained=False, drop_path_rate=0.0, **kwargs)
+    return perturb_(model).eval()
+
+
+def timm_fl_to_mmdavit(state_dict: dict) -> dict:
+    """timm ``davit_*_fl`` backbone keys -> ours, from the documented names (the classifier head dropped)."""
+    return {key.replace('.spatial_block.', '.spatial.').replace('.channel_block.', '.channel.'): value
+            for key, value in state_dict.items() if not key.startswith('head.')}

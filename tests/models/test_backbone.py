@@ -4,7 +4,7 @@ import torch
 import torch.utils.checkpoint
 
 from mmdavit.models import DaViT
-from mmdavit.models import davit as davit_module
+from mmdavit.models import layers
 
 SMALL = dict(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
 
@@ -33,7 +33,7 @@ def test_with_cp_same_outputs_and_gradients(monkeypatch):
         calls.append(type(function.attn).__name__)
         return original(function, *args, **kwargs)
 
-    monkeypatch.setattr(davit_module.cp, 'checkpoint', counting_checkpoint)
+    monkeypatch.setattr(layers.cp, 'checkpoint', counting_checkpoint)
     plain = DaViT(arch=SMALL, drop_path_rate=0.0).train()
     checkpointed = DaViT(arch=SMALL, drop_path_rate=0.0, with_cp=True).train()
     checkpointed.load_state_dict(plain.state_dict())

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import mmdavit.models.davit as davit_module
+from mmdavit.models import fast_paths
 from mmdavit.models import DaViT, convert_state_dict
 from tests.models.reference import SMALL_SB, perturb_, timm_davit
 
@@ -85,7 +85,7 @@ def one_thread_small_bands(monkeypatch):
     are cut into many bands, including a ragged last one)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setattr(davit_module, 'BAND_TOKENS', 64)
+    monkeypatch.setattr(fast_paths, 'BAND_TOKENS', 64)
     yield
     torch.set_num_threads(threads)
 
@@ -118,7 +118,7 @@ def test_banded_drop_path_drops_whole_samples(one_thread_small_bands, monkeypatc
     images = torch.randn(4, 3, 65, 97)
     torch.manual_seed(0)
     banded = model(images)
-    monkeypatch.setattr(davit_module, 'BAND_TOKENS', 10**9)
+    monkeypatch.setattr(fast_paths, 'BAND_TOKENS', 10**9)
     torch.manual_seed(0)
     whole = model(images)
     for a, e in zip(banded, whole):
