@@ -9,6 +9,11 @@ Asserted: 1e-4.
 A trace or an ONNX graph is valid for the input size it was made at: the backbone's padding decisions are
 Python branches, which tracing records as constants, so at another size the graph can return features of the
 wrong size or value without an error (and ``dynamic_axes`` does not change that). Export once per input size.
+
+Florence-2's channel attention v2 scales by N^-1/2, N the token count of the stage map: the graphs record it
+as ops on the input's shape, not as a constant of the size they were made at. Tested by making the graph at
+384 x 384 and running it at 768 x 384, where nothing is padded either (every stage map a multiple of the window
+12): a constant N made that run differ from eager by up to 0.25. Measured: trace 3e-6, onnxruntime 4.5e-6.
 """
 import warnings
 
@@ -17,6 +22,11 @@ import torch
 
 from mmdavit.models import DaViT
 from tests.models.reference import perturb_
+
+# Florence-2's blocks (overlapping downsample, channel attention v2, window 12) in a narrow tower.
+NARROW_FLORENCE2 = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=12,
+                        downsample='overlap', channel_attention='v2')
+FLORENCE2_SIZES = [(384, 384), (768, 384)]  # made at the first, run at both
 
 SIZES = [(224, 224), (97, 131)]
 TOLERANCE = 1e-4
@@ -70,6 +80,38 @@ def test_onnx_export_matches_onnxruntime(tiny, size, tmp_path):
     outputs = session.run(None, {'images': images.numpy()})
     with torch.no_grad():
         assert_close_features([torch.from_numpy(o) for o in outputs], tiny(images), f'onnx at {size_id(size)}')
+
+
+@pytest.fixture(scope='module')
+def narrow_florence2():
+    return perturb_(DaViT(NARROW_FLORENCE2, drop_path_rate=0.0)).eval()
+
+
+def test_florence2_trace_keeps_token_count_dynamic(narrow_florence2):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(narrow_florence2, torch.randn(1, 3, *FLORENCE2_SIZES[0]))
+    for size in FLORENCE2_SIZES:
+        images = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            assert_close_features(traced(images), narrow_florence2(images), f'trace run at {size_id(size)}')
+
+
+def test_florence2_onnx_keeps_token_count_dynamic(narrow_florence2, tmp_path):
+    import onnxruntime
+    path = tmp_path / 'florence2_narrow.onnx'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(narrow_florence2, (torch.randn(1, 3, *FLORENCE2_SIZES[0]), ), str(path), opset_version=17,
+                          dynamo=False, input_names=['images'], output_names=[f'stage{i}' for i in range(4)],
+                          dynamic_axes={'images': {2: 'height', 3: 'width'}})
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for size in FLORENCE2_SIZES:
+        images = torch.randn(1, 3, *size)
+        outputs = session.run(None, {'images': images.numpy()})
+        with torch.no_grad():
+            assert_close_features([torch.from_numpy(o) for o in outputs], narrow_florence2(images),
+                                  f'onnx run at {size_id(size)}')
 
 
 @pytest.mark.slow
