@@ -5,6 +5,8 @@ Where each case of the reliability checklist is tested:
 ==========================================  =====================================================================
 wrong channel count, 3-D tensor, empty      tests/models/test_backbone.py::test_bad_input_errors
 batch (and an empty height / width)
+wrong input dtype (fp16 / bf16 / uint8 into  here (an error naming both dtypes and the fixes; autocast and a model cast
+an fp32 backbone)                           to the input's dtype still run)
 out_indices / frozen_stages out of range,   tests/models/test_backbone.py::test_bad_config_errors
 unknown arch, window_size <= 0
 truncated or non-checkpoint file            tests/models/test_checkpoints.py::test_truncated_file_error (backbone
@@ -126,3 +128,33 @@ def test_checkpoint_of_a_deeper_davit_warns_with_the_extra_blocks(tmp_path, log_
     assert extra_blocks == {f'stages.2.blocks.{j}' for j in range(3, 9)}
     warning = '\n'.join(r.getMessage() for r in log_records if r.levelno >= logging.WARNING)
     assert 'unexpected keys in the checkpoint, not loaded' in warning and 'stages.2.blocks.8.channel' in warning
+
+
+@pytest.mark.parametrize('dtype,message', [
+    (torch.uint8, 'DaViT expects floating-point images, got torch.uint8: convert and normalise them first'),
+    (torch.float16, 'DaViT got torch.float16 images but its weights are torch.float32: cast the images '
+                    '(images.to(torch.float32)), or the model (model.to(torch.float16)), or run under '
+                    "torch.autocast('cpu')"),
+    (torch.bfloat16, 'DaViT got torch.bfloat16 images but its weights are torch.float32'),
+    (torch.float64, 'DaViT got torch.float64 images'),
+])
+def test_wrong_input_dtype_names_cause_and_fix(narrow_model, dtype, message):
+    images = (torch.rand(1, 3, 32, 32) * 255).to(dtype)
+    with pytest.raises(TypeError) as info, torch.no_grad():
+        narrow_model(images)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize('input_dtype', [torch.bfloat16, torch.float32])
+def test_autocast_takes_bf16_and_fp32_images(narrow_model, input_dtype):
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        feats = narrow_model(images.to(input_dtype))
+    assert all(f.dtype == torch.bfloat16 and torch.isfinite(f).all() for f in feats)
+
+
+def test_model_cast_to_the_input_dtype_runs():
+    model = perturb_(DaViT(NARROW, drop_path_rate=0.0)).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert all(f.dtype == torch.bfloat16 and torch.isfinite(f).all() for f in feats)
