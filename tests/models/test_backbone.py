@@ -1,28 +1,74 @@
-"""Backbone behaviour: freezing, gradient checkpointing, drop path, layer ids, bad input."""
+"""Backbone behaviour: freezing, gradient checkpointing, drop path, layer ids, bad input, and mmengine's
+BaseModule contract (init_cfg as a dict or a list, Pretrained applied last, init_weights once, train() -> self)."""
 import pytest
 import torch
 import torch.utils.checkpoint
 
 from mmdavit.models import DaViT
 from mmdavit.models import layers
+from tests.models.reference import perturb_
 
 SMALL = dict(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
 
 
-def test_frozen_stages_freeze_and_stay_in_eval():
-    model = DaViT(arch=SMALL, frozen_stages=1)
-    model.train()
-    frozen = [model.stem, model.stages[0], model.stages[1], model.norm0, model.norm1]
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 3])
+def test_frozen_stages_freeze_and_stay_in_eval(frozen_stages):
+    model = DaViT(arch=SMALL, frozen_stages=frozen_stages)
+    assert model.train() is model  # mmengine / torch contract: train() returns the module
+    frozen = [model.stem] * (frozen_stages >= 0)
+    frozen += [m for i in range(frozen_stages + 1) for m in (model.stages[i], getattr(model, f'norm{i}'))]
+    trainable = [m for i in range(frozen_stages + 1, 4) for m in (model.stages[i], getattr(model, f'norm{i}'))]
     for module in frozen:
         assert not module.training
         assert all(not p.requires_grad for p in module.parameters())
-    for module in [model.stages[2], model.stages[3], model.norm2, model.norm3]:
+    for module in trainable:
         assert module.training
         assert all(p.requires_grad for p in module.parameters())
+    features = model(torch.randn(1, 3, 32, 32))
+    if trainable:
+        sum(f.sum() for f in features).backward()
+        assert all(p.grad is None for m in frozen for p in m.parameters())
+        assert all(p.grad is not None for m in trainable for p in m.parameters())
+    else:
+        assert not any(f.requires_grad for f in features)  # all frozen: nothing to train
+    # eval() then train() again: the frozen part stays in eval mode.
+    assert model.eval() is model and model.train() is model
+    assert all(not m.training for m in frozen) and all(m.training for m in trainable)
+
+
+def test_with_cp_after_frozen_stages_checkpoints_every_trainable_block(monkeypatch):
+    """mmdet's habit of freezing early stages and checkpointing the rest: every trainable block is
+    checkpointed (the first one's input needs a gradient through the trainable downsample before it)."""
+    checkpointed = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def recording_checkpoint(function, *args, **kwargs):
+        checkpointed.append(function)
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(layers.cp, 'checkpoint', recording_checkpoint)
+    model = DaViT(arch=SMALL, frozen_stages=1, with_cp=True).train()
     sum(f.sum() for f in model(torch.randn(1, 3, 32, 32))).backward()
-    assert model.stem.conv.weight.grad is None
-    assert model.stages[1].downsample.conv.weight.grad is None
-    assert model.stages[2].downsample.conv.weight.grad is not None
+    trainable_blocks = [block for stage in model.stages[2:] for layer in stage.blocks
+                        for block in (layer.spatial, layer.channel)]
+    assert all(any(block is c for c in checkpointed) for block in trainable_blocks)
+    assert model.stages[2].blocks[0].spatial.mlp.fc1.weight.grad is not None
+
+
+class DaViTWithBatchNorm(DaViT):
+    """A subclass adding a BatchNorm, the case ``norm_eval`` exists for (DaViT's own norms are LayerNorms)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.extra_norm = torch.nn.BatchNorm2d(8)
+
+
+@pytest.mark.parametrize('norm_eval', [True, False])
+def test_norm_eval_keeps_batch_norms_in_eval_mode(norm_eval):
+    model = DaViTWithBatchNorm(arch=SMALL, norm_eval=norm_eval)
+    assert model.train() is model
+    assert model.extra_norm.training is not norm_eval
+    assert model.stages[3].training and model.norm3.training
 
 
 def test_with_cp_same_outputs_and_gradients(monkeypatch):
@@ -127,3 +173,97 @@ def test_in_channels_and_window_override():
     assert model.stages[1].blocks[0].spatial.attn.window_size == 5
     feats = model(torch.randn(1, 4, 23, 17))
     assert [tuple(f.shape[2:]) for f in feats] == [(6, 5), (3, 3), (2, 2), (1, 1)]
+
+
+# ----------------------------------------------------------------------------------------------- init_cfg
+def stem_std(model: DaViT) -> float:
+    return model.stem.conv.weight.std().item()
+
+
+def test_init_cfg_list_of_initialisers():
+    """mmpretrain's own DaViT test form. Kaiming (fan_in, linear: std 1/sqrt(3 * 7 * 7) = 0.082) replaces the
+    official conv init (std sqrt(2 / fan_out) = 0.050 for this stem) on the convs; Linear layers keep the
+    official truncated normal (std 0.02)."""
+    model = DaViT(arch=SMALL, init_cfg=[dict(type='Kaiming', layer='Conv2d', mode='fan_in', nonlinearity='linear')])
+    model.init_weights()
+    assert model.is_init
+    assert stem_std(model) == pytest.approx(147**-0.5, rel=0.1)
+    assert model.stages[3].blocks[0].channel.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    default = DaViT(arch=SMALL)
+    default.init_weights()
+    assert stem_std(default) == pytest.approx((2 / (49 * 16))**0.5, rel=0.1)
+
+
+@pytest.fixture
+def backbone_checkpoint(tmp_path):
+    """A SMALL DaViT checkpoint in our own key format, without the output norms."""
+    source = perturb_(DaViT(arch=SMALL))
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith('norm')}
+    path = tmp_path / 'small_davit.pth'
+    torch.save(state, path)
+    return str(path), state
+
+
+def assert_loaded(model: DaViT, state: dict):
+    own = model.state_dict()
+    for key, value in state.items():
+        assert torch.equal(own[key], value), key
+
+
+def test_init_cfg_list_applies_pretrained_last(backbone_checkpoint):
+    """Pretrained is listed first but applied after Constant, as mmengine orders it: every checkpoint tensor
+    (LayerNorms included) survives, and Constant shows on the norms the checkpoint lacks."""
+    path, state = backbone_checkpoint
+    model = DaViT(arch=SMALL, init_cfg=[dict(type='Pretrained', checkpoint=path),
+                                        dict(type='Constant', layer='LayerNorm', val=0.5, bias=0.25)])
+    model.init_weights()
+    assert_loaded(model, state)
+    assert torch.all(model.norm2.weight == 0.5) and torch.all(model.norm2.bias == 0.25)
+
+
+def test_init_weights_runs_once(backbone_checkpoint, log_records):
+    path, state = backbone_checkpoint
+    model = DaViT(arch=SMALL, init_cfg=dict(type='Pretrained', checkpoint=path))
+    assert not model.is_init
+    model.init_weights()
+    with torch.no_grad():
+        model.stem.conv.weight.add_(1.0)  # a change a second initialisation would undo
+    changed = model.stem.conv.weight.clone()
+    model.init_weights()
+    assert torch.equal(model.stem.conv.weight, changed)
+    assert any('has been called more than once' in r.getMessage() for r in log_records)
+
+
+@pytest.mark.parametrize('init_cfg,error,message', [
+    ('checkpoint.pth', TypeError, 'init_cfg must be None, a dict or a list of dicts'),
+    ([dict(checkpoint='x.pth')], TypeError, 'each with a "type"'),
+    (dict(type='Pretrained'), ValueError, 'has no checkpoint'),
+    (dict(type='Pretrained', checkpoint='x.pth', prefx='backbone.'), ValueError, "unknown keys ['prefx']"),
+])
+def test_bad_init_cfg_fails_at_build_time(init_cfg, error, message):
+    with pytest.raises(error) as info:
+        DaViT(arch=SMALL, init_cfg=init_cfg)
+    assert message in str(info.value)
+
+
+def test_init_cfg_list_on_a_detector_backbone_in_a_config(backbone_checkpoint, tmp_path):
+    """``model.backbone.init_cfg`` of an mmdet config, in list form, through the detector's init_weights."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from tests.reliability.runs import CONFIGS, SMALL_MODEL
+    path, state = backbone_checkpoint
+    small = tmp_path / 'small.py'
+    small.write_text(f"_base_ = {str(CONFIGS['detection'])!r}\n" + SMALL_MODEL['detection'].replace(
+        'embed_dims=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)', ', '.join(f'{k}={v}' for k, v in SMALL.items())
+    ).replace('[32, 64, 128, 256]', '[16, 32, 64, 128]'))
+    config = tmp_path / 'with_init_cfg.py'
+    config.write_text(f"_base_ = {str(small)!r}\nmodel = dict(backbone=dict(init_cfg=["
+                      f"dict(type='Pretrained', checkpoint={path!r}), dict(type='Constant', layer='LayerNorm', "
+                      "val=0.5)]))\n")
+    cfg = Config.fromfile(str(config))
+    init_default_scope('mmdet')
+    detector = MMDET_MODELS.build(cfg.model)
+    detector.init_weights()
+    assert_loaded(detector.backbone, state)
+    assert torch.all(detector.backbone.norm0.weight == 0.5)
