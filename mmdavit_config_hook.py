@@ -8,6 +8,11 @@ mmdet/mmseg transforms our configs name to the mmdavit registries: our configs a
 so their bases are read without a scope of their own (inherited ``mmdet::``/``mmseg::`` scopes stay).
 A ``.pth`` file installed with mmdavit calls :func:`install` at interpreter start-up: it costs one finder
 on ``sys.meta_path`` (no mmengine, mim or torch import) that patches those modules when they are imported.
+``import mmdavit`` calls it too, for interpreters that skip ``.pth`` files (``python -S``, ``pip install
+--target``, PYTHONPATH-only set-ups); modules imported before that are patched in place.
+
+A misspelt ``mmdavit::`` base gets one error naming what was asked and listing every config mmdavit has
+(mmengine would raise three chained tracebacks, listing only the configs of the model index).
 """
 import sys
 from importlib.machinery import PathFinder
@@ -29,12 +34,39 @@ def _locate_mmdavit(module) -> None:
         return _package_dir() if package == 'mmdavit' else upstream(package)
 
     module.get_installed_path = get_installed_path
+    # Patched after the fact (``import mmdavit`` without the start-up hook), modules that imported the function
+    # by name (mmengine.utils, mmengine.config.config, mim.commands.*) still hold the upstream one.
+    for name, other in list(sys.modules.items()):
+        if name.partition('.')[0] in ('mmengine', 'mim') and getattr(other, 'get_installed_path', None) is upstream:
+            other.get_installed_path = get_installed_path
+
+
+def config_names() -> list:
+    """Every config mmdavit ships, as ``mmdavit::`` takes them (``detection/maskrcnn_davit_t.py``)."""
+    from pathlib import Path  # here, not at start-up: this module is imported by every interpreter
+    root = Path(_package_dir()) / '.mim' / 'configs'
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob('*.py'))
+
+
+def check_config_exists(cfg_path: str, filename: str) -> None:
+    """A clear error for an ``mmdavit::`` base that does not exist, with every config that does."""
+    name = cfg_path.partition('::')[2]
+    names = config_names()
+    if name in names:
+        return
+    from difflib import get_close_matches
+    close = get_close_matches(name, names, n=1)
+    hint = f' Did you mean mmdavit::{close[0]}?' if close else ''
+    raise FileNotFoundError(f'{filename} asks for the base config {cfg_path!r}, which mmdavit does not have.{hint} '
+                            f'mmdavit\'s configs: {", ".join(names)}')
 
 
 def _read_mmdavit_bases_unscoped(module) -> None:
     upstream = module.Config._get_cfg_path
 
     def _get_cfg_path(cfg_path: str, filename: str):
+        if cfg_path.startswith('mmdavit::'):
+            check_config_exists(cfg_path, filename)
         path, scope = upstream(cfg_path, filename)
         return path, None if scope == 'mmdavit' else scope
 
@@ -69,8 +101,11 @@ class _PatchAfterImport:  # a duck-typed meta path finder: importing importlib.a
 
 
 def install() -> None:
+    """Patch the modules of PATCHES that are imported, and the others as they are imported. Idempotent: once the
+    finder is in place, every module it covers was patched by this function or by the finder."""
+    if any(isinstance(finder, _PatchAfterImport) for finder in sys.meta_path):
+        return
     for name, patch in PATCHES.items():
         if name in sys.modules:
             patch(sys.modules[name])
-    if not any(isinstance(finder, _PatchAfterImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchAfterImport())
+    sys.meta_path.insert(0, _PatchAfterImport())

@@ -11,7 +11,10 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = 'mmdavit-config-hook.pth'
-PTH_LINE = 'import mmdavit_config_hook; mmdavit_config_hook.install()\n'
+# site.py runs a .pth line that starts with `import` at every interpreter start and prints a traceback if it fails.
+# The line does nothing when the module is gone (an editable checkout that was moved or deleted).
+PTH_LINE = ("import importlib.util; importlib.util.find_spec('mmdavit_config_hook') is None or "
+            "__import__('mmdavit_config_hook').install()\n")
 
 
 def write_pth(site_dir) -> str:
