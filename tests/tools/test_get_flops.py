@@ -85,3 +85,14 @@ def test_cli_prints_the_row_and_the_mac_convention(capsys):
     assert 'multiply-adds' in out
     with pytest.raises(SystemExit):
         get_flops.main([])  # neither CONFIG nor --all
+
+
+@pytest.mark.parametrize('config, paper', [('maskrcnn_davit_t_3x', '| 47.8 | 263 |'),
+                                           ('retinanet_davit_b_3x', '| 98.5 | 471 |'),
+                                           ('upernet_davit_s', '| 81 | 1030 |'),
+                                           ('davit_t_in1k', '| 28.3 | 4.5 |'), ('davit_b_in1k', '| 87.9 | 15.5 |'),
+                                           ('my_own_config', '| - | - |')])
+def test_table_fills_the_paper_columns(config, paper):
+    # 3x schedules train the 1x models; the classifiers' figures are the official repository's.
+    row = get_flops.Complexity(config, (224, 224), params=1, flops=1, backbone_flops=1)
+    assert get_flops.format_table([row]).splitlines()[-1].endswith(paper)

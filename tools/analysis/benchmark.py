@@ -78,11 +78,19 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------- models
+# timm's names for our archs where they are not davit_{arch}: the Florence-2 towers.
+TIMM_NAMES = {'florence2-base': 'davit_base_fl', 'florence2-large': 'davit_huge_fl'}
+
+
+def timm_name(full_arch: str) -> str:
+    return TIMM_NAMES.get(full_arch, f'davit_{full_arch}')
+
+
 def build_models(arch: str, names: List[str], skip: set) -> Dict[str, nn.Module]:
     """All models with drop path 0. Ours gets timm's random weights; ours+cp gets ours'."""
     import timm
     full = ARCH_ALIASES.get(arch.lower(), arch.lower())
-    timm_model = timm.create_model(f'davit_{full}', pretrained=False, features_only=True, drop_path_rate=0.0)
+    timm_model = timm.create_model(timm_name(full), pretrained=False, features_only=True, drop_path_rate=0.0)
     # FeatureListNet flattens ``stages.0`` to ``stages_0``; undo that before converting to our keys.
     timm_state = {re.sub(r'^stages_(\d+)\.', r'stages.\1.', k): v for k, v in timm_model.state_dict().items()}
     state, _ = convert_state_dict(timm_state, 'timm')
@@ -96,7 +104,9 @@ def build_models(arch: str, names: List[str], skip: set) -> Dict[str, nn.Module]
         models['ours+cp'].load_state_dict(ours.state_dict())
     if 'timm' in names:
         models['timm'] = timm_model
-    if 'mmpretrain' in names:
+    if 'mmpretrain' in names and full in TIMM_NAMES:
+        print(f'mmpretrain has no {full} (its DaViT has the classic blocks only): not compared', file=sys.stderr)
+    elif 'mmpretrain' in names:
         from mmpretrain.models.backbones import DaViT as MMPretrainDaViT
         models['mmpretrain'] = MMPretrainDaViT(arch=full, out_indices=(0, 1, 2, 3), drop_path_rate=0.0,
                                                pad_small_map=True)  # only matters below 7x7 maps
@@ -109,7 +119,7 @@ def build_models(arch: str, names: List[str], skip: set) -> Dict[str, nn.Module]
 
 LABELS = {
     OURS: 'ours (mmdavit DaViT-{a})',
-    'timm': 'timm davit_{f} (features_only)',
+    'timm': 'timm {t} (features_only)',
     'mmpretrain': 'mmpretrain DaViT-{a}',
     'swin': 'mmdet SwinTransformer-T (2,2,6,2)',
     'ours+cp': 'ours, with_cp=True',
@@ -261,6 +271,11 @@ def fmt(value: Optional[float], spec: str = '.2f', suffix: str = '') -> str:
     return '–' if value is None or value != value else f'{value:{spec}}{suffix}'
 
 
+def speed_words(ratio: float) -> str:
+    """``ratio`` = the other time / this time, in words: '2.03x faster', or '2.50x slower' below 1."""
+    return f'{ratio:.2f}x faster' if ratio >= 1 else f'{1 / ratio:.2f}x slower'
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -275,7 +290,8 @@ def main(argv=None) -> int:
     big_images = torch.randn(args.batch, 3, *big_hw, device=device)
     models = {k: v.to(device) for k, v in build_models(args.arch, args.models, args.skip).items()}
     full = ARCH_ALIASES.get(args.arch.lower(), args.arch.lower())
-    labels = {k: v.format(a=full[0], f=full, h=big_hw[0], w=big_hw[1]) for k, v in LABELS.items()}
+    short = full if full in TIMM_NAMES else full[0]
+    labels = {k: v.format(a=short, t=timm_name(full), h=big_hw[0], w=big_hw[1]) for k, v in LABELS.items()}
     print(f'# DaViT backbone benchmark: {args.batch}x3x{height}x{width} on {args.device}', flush=True)
     print(f'machine: {machine_description(device)}', flush=True)
     same = check_same_numbers(models, images)
@@ -363,9 +379,9 @@ def main(argv=None) -> int:
     if 'bf16' in columns:
         ours_bf16 = median(times['bf16'][OURS])
         bf16_gain = median([f / b for f, b in zip(times['fwd'][OURS], times['bf16'][OURS])])
-        line = f'\nbf16 autocast inference: ours {ours_bf16:.3f} s ({bf16_gain:.2f}x faster than ours fp32)'
+        line = f'\nbf16 autocast inference: ours {ours_bf16:.3f} s ({speed_words(bf16_gain)} than ours fp32)'
         if 'timm' in columns['bf16']:
-            line += f'; timm {median(times["bf16"]["timm"]):.3f} s (ours {ratio("bf16", "timm"):.2f}x faster)'
+            line += f'; timm {median(times["bf16"]["timm"]):.3f} s (ours {speed_words(ratio("bf16", "timm"))})'
         print(line)
     fwd_flops = flops[('fwd', OURS)]
     fwd_rate = fwd_flops / median(times['fwd'][OURS]) / 1e9
