@@ -1,37 +1,69 @@
-"""Checkpoint formats -> mmdavit keys: format detection, conversion and loading with a loud report.
+"""Checkpoint files and formats -> mmdavit keys: reading, format detection, conversion, loading with a loud report.
 
-Formats (see ``shared/davit-reference.md``):
-    official    ``patch_embeds.{i}``, ``main_blocks.{s}.{j}.{0|1}``, ``cpe.{0|1}`` (+ ``norms``, ``head``)
-    timm        ``stem``, ``stages.{i}.downsample``, ``stages.{s}.blocks.{j}.{0|1}`` (+ ``head``)
-    mmpretrain  ``patch_embed.projection``, downsample at the *end* of stage i, ``spatial_block``,
-                ``attn.w_msa``, ``ffn.layers``
-    mmdavit     ours: ``stem``, ``stages.{i}.downsample``, ``stages.{s}.blocks.{j}.{spatial|channel}``
+Every format, where it comes from and how to load it by path or by name: ``docs/checkpoint-formats.md``.
+
+Key formats (after the backbone prefix is stripped):
+    official      ``patch_embeds.{i}``, ``main_blocks.{s}.{j}.{0|1}``, ``cpe.{0|1}`` (+ ``norms``, ``head``)
+    timm          ``stem``, ``stages.{i}.downsample``, ``stages.{s}.blocks.{j}.{0|1}`` (+ ``head``); timm's
+                  Florence-2 towers ``davit_*_fl``: ``stages.{s}.blocks.{j}.{spatial|channel}_block``
+    mmpretrain    ``patch_embed.projection``, downsample at the *end* of stage i, ``spatial_block``,
+                  ``attn.w_msa``, ``ffn.layers``
+    florence2     Microsoft's Florence-2 VLM (``vision_tower.`` prefix): ``convs.{s}.proj|norm``,
+                  ``blocks.{s}.{j}.{spatial|channel}_block``, ``conv1.fn.dw``, ``window_attn.fn.qkv``, ``ffn.fn.net``
+    florence2-transformers  transformers' Florence-2 port (``model.vision_tower.`` prefix): ``convs.{s}.conv``,
+                  ``conv1``, ``norm1``, ``window_attn.qkv`` / ``channel_attn.qkv``, ``ffn.fc1``
+    mmdavit       ours: ``stem``, ``stages.{i}.downsample``, ``stages.{s}.blocks.{j}.{spatial|channel}``
 Any of them may be wrapped in ``state_dict`` / ``model`` and carry a ``backbone.`` (or ``module.``) prefix.
+
+Files: torch pickles (``.pth``, ``.pt``, ``.bin``; read with ``weights_only=True``, so a file that would run
+code is refused), ``.safetensors``, sharded checkpoints given by their ``*.index.json``, and
+``hf-hub://OWNER/REPO[/FILE]`` names (``mmdavit.models.hub``). Tensors are read on demand, so loading the
+vision tower of a multi-GB VLM checkpoint reads only the tower's tensors.
 """
+import json
 import os
 import re
-from typing import Callable, Dict, List, NamedTuple, Tuple, Union
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from mmengine.logging import MMLogger
+from mmengine.runner import CheckpointLoader
+
+from mmdavit.models.hub import HF_HUB_PREFIX, resolve_hf_hub
 
 StateDict = Dict[str, torch.Tensor]
 Rule = Tuple[str, Union[str, Callable[[re.Match], str]]]
 
 FORMAT_MARKERS = {
     'mmdavit': r'^stages\.\d+\.blocks\.\d+\.(spatial|channel)\.',
-    'timm': r'^stages\.\d+\.blocks\.\d+\.[01]\.',
+    # timm's Florence-2 towers name their blocks like mmpretrain (``spatial_block``): their ``stem`` tells.
+    'timm': r'^(stages\.\d+\.blocks\.\d+\.[01]|stem\.conv)\.',
     'official': r'^(patch_embeds|main_blocks)\.',
     'mmpretrain': r'^(patch_embed\.projection|stages\.\d+\.blocks\.\d+\.(spatial|channel)_block)\.',
+    'florence2': r'^(convs\.\d+\.proj|blocks\.\d+\.\d+\.(spatial|channel)_block\.(conv1\.fn|ffn\.fn))\.',
+    'florence2-transformers': r'^(convs\.\d+\.conv|blocks\.\d+\.\d+\.(spatial|channel)_block\.(norm1|ffn\.fc1))\.',
 }
+# Where the backbone sits in whole-model checkpoints, tried in this order when no prefix is given:
+# detectors / segmentors, transformers' Florence2ForConditionalGeneration, Microsoft's Florence-2 VLM.
+BACKBONE_PREFIXES = ('backbone.', 'model.vision_tower.', 'vision_tower.')
 
 MMDAVIT_KEY = re.compile(r'^(stem|stages\.\d+\.(downsample|blocks\.\d+\.(spatial|channel))|norm\d+)\.')
+# Per-stage output norms: only dense-prediction checkpoints have them (classifiers and VLMs do not).
+OUTPUT_NORM = re.compile(r'^norm\d+\.')
 
 _BLOCK_TYPE = {'0': 'spatial', '1': 'channel'}
+_FLORENCE2_STEM_AND_DOWNSAMPLE: List[Rule] = [
+    (r'^convs\.0\.(proj|conv)\.', 'stem.conv.'),
+    (r'^convs\.0\.norm\.', 'stem.norm.'),
+    (r'^convs\.(\d+)\.(proj|conv)\.', r'stages.\1.downsample.conv.'),
+    (r'^convs\.(\d+)\.norm\.', r'stages.\1.downsample.norm.'),
+    (r'^blocks\.(\d+)\.(\d+)\.(spatial|channel)_block\.', r'stages.\1.blocks.\2.\3.'),
+]
 CONVERSION_RULES: Dict[str, List[Rule]] = {
     'mmdavit': [],
     'timm': [
         (r'^stages\.(\d+)\.blocks\.(\d+)\.([01])\.', lambda m: f'stages.{m[1]}.blocks.{m[2]}.{_BLOCK_TYPE[m[3]]}.'),
+        (r'^stages\.(\d+)\.blocks\.(\d+)\.(spatial|channel)_block\.', r'stages.\1.blocks.\2.\3.'),  # davit_*_fl
     ],
     'official': [
         (r'^patch_embeds\.0\.proj\.', 'stem.conv.'),
@@ -53,6 +85,21 @@ CONVERSION_RULES: Dict[str, List[Rule]] = {
         (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'),
         (r'\.ffn\.layers\.1\.', '.mlp.fc2.'),
     ],
+    # Each sub-layer is wrapped (PreNorm: ``norm`` + ``fn``; ConvPosEnc: ``fn.dw``; Mlp: ``fn.net``).
+    'florence2': _FLORENCE2_STEM_AND_DOWNSAMPLE + [
+        (r'\.conv1\.fn\.dw\.', '.cpe1.proj.'),
+        (r'\.conv2\.fn\.dw\.', '.cpe2.proj.'),
+        (r'\.(window|channel)_attn\.norm\.', '.norm1.'),
+        (r'\.(window|channel)_attn\.fn\.', '.attn.'),
+        (r'\.ffn\.norm\.', '.norm2.'),
+        (r'\.ffn\.fn\.net\.', '.mlp.'),
+    ],
+    'florence2-transformers': _FLORENCE2_STEM_AND_DOWNSAMPLE + [
+        (r'\.conv1\.', '.cpe1.proj.'),
+        (r'\.conv2\.', '.cpe2.proj.'),
+        (r'\.(window|channel)_attn\.', '.attn.'),
+        (r'\.ffn\.', '.mlp.'),
+    ],
 }
 
 
@@ -62,7 +109,203 @@ class LoadReport(NamedTuple):
     missing: List[str]
     unexpected: List[str]
     outside_prefix: int
+    fresh: List[str] = []  # output norms the checkpoint has none of (classifier / VLM checkpoints): new layers
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Files: tensors read on demand
+# ---------------------------------------------------------------------------------------------------------
+
+class CheckpointFile:
+    """The tensors of one checkpoint, listed by name and shape before any is read."""
+
+    def __init__(self, path: str, shapes: Dict[str, Tuple[int, ...]]):
+        self.path = path
+        self.shapes = shapes
+
+    def keys(self) -> List[str]:
+        return list(self.shapes)
+
+    def read(self, keys: Iterable[str]) -> StateDict:
+        raise NotImplementedError
+
+
+class SafetensorsFile(CheckpointFile):
+    """A ``.safetensors`` file: its header lists names and shapes; each tensor is read alone."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+        try:
+            with safe_open(path, framework='pt', device='cpu') as f:
+                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        except Exception as error:  # safetensors raises its own error type, OSError and others
+            raise ValueError(f'Could not read {path} as a safetensors file ({type(error).__name__}: '
+                             f'{_first_line(error)}). Is the file complete (an interrupted download?)') from error
+        super().__init__(path, shapes)
+
+    def read(self, keys: Iterable[str]) -> StateDict:
+        from safetensors import safe_open
+        with safe_open(self.path, framework='pt', device='cpu') as f:
+            return {key: f.get_tensor(key) for key in keys}
+
+
+class TorchFile(CheckpointFile):
+    """A ``torch.save`` file, read with ``weights_only=True`` and memory-mapped where torch can (zip
+    format), so tensors that are never used are never read from disk."""
+
+    def __init__(self, path: str):
+        self.checkpoint = torch_load(path)
+        tensors = {k: v for k, v in unwrap_checkpoint(self.checkpoint).items() if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise ValueError(f'{path} holds no tensors: is it a model checkpoint?')
+        self.tensors = tensors
+        super().__init__(path, {k: tuple(v.shape) for k, v in tensors.items()})
+
+    def read(self, keys: Iterable[str]) -> StateDict:
+        return {key: self.tensors[key] for key in keys}
+
+
+class ShardedCheckpoint(CheckpointFile):
+    """A checkpoint split into shards (safetensors or torch files) named by a ``*.index.json`` file
+    (``{"weight_map": {tensor name: shard file}}``); shards lie next to the index and open on demand."""
+
+    def __init__(self, index_path: str):
+        try:
+            with open(index_path) as f:
+                weight_map = json.load(f)['weight_map']
+            if not isinstance(weight_map, dict):
+                raise TypeError('weight_map is not a mapping')
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f'{index_path} is not a sharded-checkpoint index (a JSON file with a "weight_map" '
+                             f'from tensor names to shard files): {type(error).__name__}: {error}') from error
+        folder = os.path.dirname(index_path)
+        self.shard_of = {key: os.path.join(folder, shard) for key, shard in weight_map.items()}
+        for shard in sorted(set(self.shard_of.values())):
+            if not os.path.isfile(shard):
+                raise FileNotFoundError(f'Shard {os.path.basename(shard)} listed in {index_path} is missing: the '
+                                        f'shards must lie next to their index file ({folder or "."})')
+        self.shards: Dict[str, CheckpointFile] = {}
+        shapes = {}
+        for key, shard in self.shard_of.items():
+            if shard not in self.shards:
+                self.shards[shard] = open_file(shard)
+            shapes[key] = self.shards[shard].shapes.get(key)
+        absent = [k for k, shape in shapes.items() if shape is None]
+        if absent:
+            raise ValueError(f'{index_path} maps {len(absent)} tensors to shards that do not hold them (e.g. '
+                             f'{absent[0]} in {os.path.basename(self.shard_of[absent[0]])}): index and shards '
+                             f'are from different checkpoints')
+        super().__init__(index_path, shapes)
+
+    def read(self, keys: Iterable[str]) -> StateDict:
+        by_shard: Dict[str, List[str]] = {}
+        for key in keys:
+            by_shard.setdefault(self.shard_of[key], []).append(key)
+        tensors = {}
+        for shard, shard_keys in by_shard.items():
+            tensors.update(self.shards[shard].read(shard_keys))
+        return tensors
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else ''
+
+
+def torch_load(path: str) -> object:
+    """``torch.load`` with ``weights_only=True`` (memory-mapped when the file allows), with clear errors."""
+    try:
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except RuntimeError as error:  # files in torch's legacy (pre-zip) format cannot be memory-mapped
+            if 'mmap' not in str(error):
+                raise
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        code = next((m for m in (re.search(r'GLOBAL ([\w.]+)', line) for line in lines) if m), None)
+        if code:  # the pickle names a function or class to import
+            raise ValueError(f'Refused to read {path}: its pickle would import or call code ({code[1]}), and '
+                             f'mmdavit reads torch files with torch.load(weights_only=True), which never runs code '
+                             f'from a file. Prefer the .safetensors version of these weights; if you trust this '
+                             f'file, re-save its tensors alone (torch.save(state_dict)) first') from error
+        # torch's weights-only message starts with advice to load unsafely; show its specific line instead.
+        detail = next((line for line in lines if 'Unsupported' in line), lines[0] if lines else '')
+        raise ValueError(f'Could not read {path} as a torch checkpoint ({type(error).__name__}: {detail}). Is the '
+                         f'file complete, and a .pth/.pt/.bin saved by torch.save (or a .safetensors file)?') from error
+
+
+CHECKPOINT_SUFFIXES = ('.safetensors', '.index.json', '.pth', '.pt', '.bin', '.ckpt', '.pth.tar')
+
+
+def open_file(path: str) -> CheckpointFile:
+    """Open a local checkpoint file of any supported kind: ``*.index.json`` (sharded), safetensors (by its
+    name or its header), otherwise a torch file."""
+    if os.path.isdir(path):
+        inside = sorted(name for name in os.listdir(path) if name.endswith(CHECKPOINT_SUFFIXES))
+        hint = (f'pass one of the checkpoint files in it: {", ".join(inside[:6])}' if inside
+                else 'it holds no checkpoint file (.safetensors, .pth, .bin, *.index.json)')
+        raise IsADirectoryError(f'DaViT checkpoint {path} is a directory, not a file: {hint}')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'DaViT checkpoint not found: {path}. Load weights by name (e.g. '
+            f'checkpoint="{HF_HUB_PREFIX}timm/davit_tiny.msft_in1k") or get a file in any supported format '
+            f'(README, "Pretrained weights"), or train from scratch with '
+            f'--cfg-options model.backbone.init_cfg=None')
+    if path.endswith('.json'):
+        return ShardedCheckpoint(path)
+    if path.endswith('.safetensors') or _looks_like_safetensors(path):
+        return SafetensorsFile(path)
+    return TorchFile(path)
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """A safetensors file starts with the 8-byte length of its JSON header, then ``{``."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and not head.startswith(b'PK')
+
+
+def open_checkpoint(path: str) -> CheckpointFile:
+    """A local path or an ``hf-hub://`` name -> its tensors, readable on demand."""
+    return open_file(resolve_hf_hub(path) if path.startswith(HF_HUB_PREFIX) else path)
+
+
+def read_checkpoint(path: str) -> StateDict:
+    """All tensors of a checkpoint (any supported file, or an ``hf-hub://`` name), unwrapped."""
+    source = open_checkpoint(path)
+    return source.read(source.keys())
+
+
+def load_checkpoint_file(path: str, map_location: Union[str, torch.device, None] = None) -> dict:
+    """A checkpoint as stored, for mmengine's ``load_checkpoint`` (``load_from``): a torch file's whole
+    content (``meta`` included), or the tensors of a safetensors / sharded checkpoint."""
+    source = open_file(path)
+    checkpoint = source.checkpoint if isinstance(source, TorchFile) else source.read(source.keys())
+    if map_location is None or str(map_location) == 'cpu':
+        return checkpoint
+    if not isinstance(map_location, (str, torch.device)):
+        raise ValueError(f'map_location must be a device name for {path}, got {map_location!r}')
+    return _to_device(checkpoint, map_location)
+
+
+# mmengine reads local files with torch.load; this lets ``load_from`` / ``--checkpoint`` take a local safetensors
+# file or sharded index too. The prefix is a regex (as mmengine's are): a path without a scheme ending so.
+@CheckpointLoader.register_scheme(prefixes=r'(?=[^:]*(\.safetensors|\.index\.json)$)')
+def load_from_local_safetensors(filename: str, map_location=None) -> dict:
+    return load_checkpoint_file(os.path.expanduser(filename), map_location)
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return type(value)((k, _to_device(v, device)) for k, v in value.items())
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Key formats
+# ---------------------------------------------------------------------------------------------------------
 
 def unwrap_checkpoint(checkpoint: dict) -> StateDict:
     """The tensors of a checkpoint saved bare or wrapped in ``state_dict`` / ``model`` (with ``meta``)."""
@@ -74,85 +317,115 @@ def unwrap_checkpoint(checkpoint: dict) -> StateDict:
     return checkpoint
 
 
-def strip_prefix(state_dict: StateDict, prefix: Union[str, None] = None) -> Tuple[StateDict, int]:
-    """Drop ``module.``; keep only ``prefix`` (default ``backbone.`` when present) keys, stripped.
+def backbone_keys(keys: Iterable[str], prefix: Optional[str] = None) -> Tuple[Dict[str, str], int, str]:
+    """Drop ``module.``; keep the keys under ``prefix`` (default: the first of ``BACKBONE_PREFIXES`` present).
 
-    Returns the backbone state dict and how many keys were outside the prefix (neck, heads, ...).
+    Returns {backbone key without prefix: key in the checkpoint}, how many keys lie outside the prefix (neck,
+    heads, a VLM's language model...), and the prefix used.
     """
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    unwrapped = {(k[len('module.'):] if k.startswith('module.') else k): k for k in keys}
     if prefix is None:
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
+        prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p) for k in unwrapped)), '')
     if prefix and not prefix.endswith('.'):
         prefix += '.'
-    inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    return inside, len(state_dict) - len(inside)
+    inside = {k[len(prefix):]: original for k, original in unwrapped.items() if k.startswith(prefix)}
+    return inside, len(unwrapped) - len(inside), prefix
 
 
-def detect_format(state_dict: StateDict) -> str:
-    """Name the key format of a (prefix-stripped) DaViT state dict."""
+def strip_prefix(state_dict: StateDict, prefix: Union[str, None] = None) -> Tuple[StateDict, int]:
+    """:func:`backbone_keys` on a state dict: the backbone's tensors and the count of keys outside it."""
+    inside, outside, _ = backbone_keys(state_dict, prefix)
+    return {k: state_dict[original] for k, original in inside.items()}, outside
+
+
+def detect_format(state_dict: Iterable[str]) -> str:
+    """Name the key format of a (prefix-stripped) DaViT state dict or list of its keys."""
+    keys = list(state_dict)
     for name, marker in FORMAT_MARKERS.items():
-        if any(re.match(marker, key) for key in state_dict):
+        if any(re.match(marker, key) for key in keys):
             return name
-    sample = ', '.join(list(state_dict)[:6]) or '(no keys)'
-    raise ValueError(f'Unrecognised checkpoint format: none of the official, timm, mmpretrain or mmdavit DaViT '
-                     f'key patterns found. First keys: {sample}. Is this a DaViT checkpoint? If its backbone '
-                     f'keys sit under a prefix other than "backbone.", pass init_cfg=dict(..., prefix=...)')
+    sample = ', '.join(keys[:6]) or '(no keys)'
+    raise ValueError(f'Unrecognised checkpoint format: none of the {", ".join(FORMAT_MARKERS)} DaViT key '
+                     f'patterns found. First keys: {sample}. Is this a DaViT checkpoint? If its backbone keys '
+                     f'sit under a prefix other than {", ".join(BACKBONE_PREFIXES)}, pass '
+                     f'init_cfg=dict(..., prefix=...)')
 
 
-def convert_state_dict(state_dict: StateDict, src_format: str = 'auto') -> Tuple[StateDict, str]:
-    """Rename a prefix-stripped DaViT state dict to mmdavit keys. Keys with no mmdavit counterpart
-    (classifier head, official ``norms``) pass through unchanged so that loading reports them."""
+def convert_keys(keys: Iterable[str], src_format: str = 'auto') -> Tuple[Dict[str, str], str]:
+    """{key: mmdavit key} for prefix-stripped DaViT keys. Keys with no mmdavit counterpart (classifier head,
+    official ``norms``) keep their names so that loading reports them."""
+    keys = list(keys)
     if src_format == 'auto':
-        src_format = detect_format(state_dict)
+        src_format = detect_format(keys)
     if src_format not in CONVERSION_RULES:
         raise ValueError(f'Unknown checkpoint format {src_format!r}; choose auto, '
                          f'{", ".join(CONVERSION_RULES)}')
     rules = [(re.compile(pattern), repl) for pattern, repl in CONVERSION_RULES[src_format]]
-    converted = {}
-    for key, value in state_dict.items():
+    renamed = {}
+    for key in keys:
+        new = key
         for pattern, repl in rules:
-            key = pattern.sub(repl, key)
-        converted[key] = value
-    return converted, src_format
+            new = pattern.sub(repl, new)
+        renamed[key] = new
+    return renamed, src_format
 
 
-def read_checkpoint(path: str) -> dict:
-    """``torch.load`` with ``weights_only=True``, turning the usual failures into clear errors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f'DaViT checkpoint not found: {path}. Get the official or timm DaViT weights (README, '
-            f'"Pretrained weights"; any format loads), or train from scratch with '
-            f'--cfg-options model.backbone.init_cfg=None')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise ValueError(f'Could not read {path} as a torch checkpoint ({type(error).__name__}: '
-                         f'{str(error).splitlines()[0] if str(error) else ""}). Is the file complete, '
-                         f'and a .pth/.pt saved by torch.save?') from error
+def convert_state_dict(state_dict: StateDict, src_format: str = 'auto') -> Tuple[StateDict, str]:
+    """Rename a prefix-stripped DaViT state dict to mmdavit keys (see :func:`convert_keys`)."""
+    renamed, src_format = convert_keys(state_dict, src_format)
+    return {renamed[k]: v for k, v in state_dict.items()}, src_format
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading into a model
+# ---------------------------------------------------------------------------------------------------------
 
 def load_pretrained(model: torch.nn.Module, path: str, prefix: Union[str, None] = None,
                     src_format: str = 'auto') -> LoadReport:
-    """Load any supported DaViT checkpoint into ``model`` and log what did and did not load."""
-    state_dict, outside = strip_prefix(unwrap_checkpoint(read_checkpoint(path)), prefix)
-    state_dict, src_format = convert_state_dict(state_dict, src_format)
+    """Load any supported DaViT checkpoint (a path or an ``hf-hub://`` name) into ``model``, reading only
+    the tensors it takes, and log what did and did not load."""
+    source = open_checkpoint(path)
+    inside, outside, prefix = backbone_keys(source.keys(), prefix)
+    renamed, src_format = convert_keys(inside, src_format)
+    source_key = {new: inside[old] for old, new in renamed.items()}  # mmdavit key -> key in the file
     own = model.state_dict()
-    for key, value in state_dict.items():
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(f'Shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model '
-                             f'{tuple(own[key].shape)}. Does the checkpoint match arch={model.arch}?')
-    loadable = {k: v for k, v in state_dict.items() if k in own}
+    for key, original in source_key.items():
+        if key in own and tuple(own[key].shape) != source.shapes[original]:
+            raise ValueError(f'Shape mismatch for {key}: checkpoint {source.shapes[original]} vs model '
+                             f'{tuple(own[key].shape)}. Does the checkpoint match arch={model.arch}?'
+                             + _florence_hint(key, source.shapes[original], tuple(own[key].shape)))
+    loadable = sorted(k for k in source_key if k in own)
     if not loadable:
         raise ValueError(f'No tensor of {path} matches this DaViT ({src_format} keys, e.g. '
-                         f'{", ".join(list(state_dict)[:4])}); is it a checkpoint of another model?')
-    model.load_state_dict(loadable, strict=False)
-    report = LoadReport(src_format, sorted(loadable), sorted(set(own) - set(state_dict)),
-                        sorted(set(state_dict) - set(own)), outside)
+                         f'{", ".join(list(source_key)[:4])}); is it a checkpoint of another model?')
+    tensors = source.read(source_key[k] for k in loadable)
+    model.load_state_dict({k: tensors[source_key[k]] for k in loadable}, strict=False)
+    missing = sorted(set(own) - set(source_key))
+    has_output_norms = any(OUTPUT_NORM.match(k) for k in source_key)
+    fresh = [] if has_output_norms else [k for k in missing if OUTPUT_NORM.match(k)]
+    report = LoadReport(src_format, loadable, [k for k in missing if k not in fresh],
+                        sorted(set(source_key) - set(own)), outside, fresh)
+    _log_report(report, path, len(own), prefix)
+    return report
+
+
+def _florence_hint(key: str, checkpoint_shape: tuple, model_shape: tuple) -> str:
+    if key.endswith('downsample.conv.weight') and checkpoint_shape[2:] == (3, 3) and model_shape[2:] == (2, 2):
+        return (" The checkpoint's downsampling convs are 3x3: a Florence-2 tower (arch='florence2-base' or "
+                "'florence2-large')")
+    return ''
+
+
+def _log_report(report: LoadReport, path: str, total: int, prefix: str) -> None:
     logger = MMLogger.get_current_instance()
-    logger.info(f'DaViT: loaded {len(report.loaded)}/{len(own)} tensors from {src_format} checkpoint {path}'
-                + (f' ({outside} keys outside the backbone ignored)' if outside else ''))
+    message = f'DaViT: loaded {len(report.loaded)}/{total} tensors from {report.format} checkpoint {path}'
+    if report.outside_prefix:
+        message += f'; {report.outside_prefix} keys outside "{prefix}" dropped (not part of the backbone)'
+    if report.fresh:
+        message += (f'; output norms {", ".join(sorted({k.split(".")[0] for k in report.fresh}))} freshly '
+                    f'initialised (the checkpoint has none: classifier and VLM checkpoints end without them)')
+    logger.info(message)
     if report.missing:
         logger.warning(f'DaViT: missing keys, left at their initial values: {", ".join(report.missing)}')
     if report.unexpected:
         logger.warning(f'DaViT: unexpected keys in the checkpoint, not loaded: {", ".join(report.unexpected)}')
-    return report

@@ -1,14 +1,20 @@
-"""Checkpoint conversion from official, timm and mmpretrain formats, loading and its errors."""
+"""Checkpoint files (torch, safetensors, sharded) and formats (official, timm, mmpretrain, Florence-2): conversion,
+loading, its report and its errors."""
+import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from mmdavit.models import DaViT, convert_state_dict, detect_format, load_pretrained
+from mmdavit.models import DaViT, checkpoints, convert_state_dict, detect_format, load_pretrained
 from tests.models.reference import perturb_, timm_davit, timm_to_official
+from tests.models.test_equivalence import reference_features
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(embed_dims=96, depths=(1, 1, 3, 1), num_heads=(3, 6, 12, 24))
@@ -89,8 +95,10 @@ def test_timm_checkpoint_via_init_cfg_reports_head_keys(tmp_path, timm_state, lo
     assert torch.equal(model.stages[2].blocks[1].channel.attn.qkv.weight,
                        converted['stages.2.blocks.1.channel.attn.qkv.weight'])
     warnings = '\n'.join(r.getMessage() for r in log_records if r.levelno >= logging.WARNING)
-    for key in ('norm0.weight', 'norm3.bias'):
-        assert key in warnings  # the classifier checkpoint has no per-stage output norms
+    info = '\n'.join(r.getMessage() for r in log_records if r.levelno == logging.INFO)
+    # A classifier checkpoint has no per-stage output norms: new layers, said so, not warned about.
+    assert 'norm0' not in warnings and 'norm3' not in warnings
+    assert 'output norms norm0, norm1, norm2, norm3 freshly initialised' in info
     for key in HEAD_KEYS:
         assert key in warnings
 
@@ -148,3 +156,219 @@ def test_converter_cli(tmp_path, timm_state):
     bad = subprocess.run([sys.executable, str(ROOT / 'tools/model_converters/davit2mmdavit.py'), str(src),
                           str(dst), '--format', 'mmpretrain'], capture_output=True, text=True)
     assert bad.returncode != 0 and 'no tensor' in bad.stderr.lower()
+
+
+# --- Florence-2 formats, safetensors, sharded checkpoints --------------------------------------------------------
+# Test checkpoints are written here by renaming a timm state dict to the documented key names of each format
+# (Microsoft's Florence-2 VLM and transformers' port), never by our converter.
+
+NARROW = dict(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
+OUTPUT_NORMS = sorted(f'norm{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
+# Sub-layers of a timm block -> Florence-2's names ({attn}: window_attn in spatial, channel_attn in channel blocks).
+FLORENCE2_SUBLAYERS = {'cpe1.proj': 'conv1.fn.dw', 'norm1': '{attn}.norm', 'attn': '{attn}.fn',
+                       'cpe2.proj': 'conv2.fn.dw', 'norm2': 'ffn.norm', 'mlp': 'ffn.fn.net'}
+TRANSFORMERS_SUBLAYERS = {'cpe1.proj': 'conv1', 'norm1': 'norm1', 'attn': '{attn}', 'cpe2.proj': 'conv2',
+                          'norm2': 'norm2', 'mlp': 'ffn'}
+# What a VLM checkpoint holds besides its vision tower (small stand-ins for the language model).
+FLORENCE2_OTHERS = ['image_projection', 'image_proj_norm.weight', 'image_proj_norm.bias',
+                    'image_pos_embed.row_embeddings.weight', 'image_pos_embed.column_embeddings.weight',
+                    'visual_temporal_embed.pos_idx_to_embed', 'language_model.model.shared.weight',
+                    'language_model.model.encoder.layers.0.fc1.weight', 'language_model.lm_head.weight']
+TRANSFORMERS_OTHERS = ['model.multi_modal_projector.image_projection.weight',
+                       'model.multi_modal_projector.image_proj_norm.weight',
+                       'model.language_model.shared.weight', 'model.language_model.encoder.layers.0.fc1.weight',
+                       'lm_head.weight']
+
+
+def timm_to_vlm(state: dict, sublayers: dict, conv: str, prefix: str, others: list) -> dict:
+    """A timm DaViT state dict under a Florence-2-style VLM's names: ``{prefix}convs.{s}.{conv}|norm`` and
+    ``{prefix}blocks.{s}.{j}.{spatial|channel}_block.*``, plus non-vision tensors; the classifier head dropped."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith('head.'):
+            continue
+        key = re.sub(r'^stem\.(conv|norm)\.', lambda m: f'convs.0.{conv if m[1] == "conv" else "norm"}.', key)
+        key = re.sub(r'^stages\.(\d+)\.downsample\.(conv|norm)\.',
+                     lambda m: f'convs.{m[1]}.{conv if m[2] == "conv" else "norm"}.', key)
+        block = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.([01])\.(.*)$', key)
+        if block:
+            kind, attn = ('spatial_block', 'window_attn') if block[3] == '0' else ('channel_block', 'channel_attn')
+            rest = block[4]
+            for name, new in sublayers.items():
+                if rest.startswith(name + '.'):
+                    rest = new.format(attn=attn) + rest[len(name):]
+                    break
+            key = f'blocks.{block[1]}.{block[2]}.{kind}.{rest}'
+        out[prefix + key] = value.clone()
+    for i, key in enumerate(others):
+        out[key] = torch.randn(3 + i, 5)
+    return out
+
+
+@pytest.fixture(scope='module')
+def narrow_timm():
+    return timm_davit(**NARROW)
+
+
+@pytest.fixture(scope='module')
+def florence2_vlm(narrow_timm):
+    return timm_to_vlm(narrow_timm.state_dict(), FLORENCE2_SUBLAYERS, 'proj', 'vision_tower.', FLORENCE2_OTHERS)
+
+
+def save(state: dict, path: Path) -> Path:
+    if path.suffix == '.safetensors':
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def save_sharded(state: dict, folder: Path, suffix: str) -> Path:
+    """Three shards (the vision tower split over the first two, the rest in the third) and their index."""
+    vision = [k for k in state if 'vision_tower.' in k]
+    groups = [vision[:len(vision) // 2], vision[len(vision) // 2:], [k for k in state if k not in vision]]
+    stem = 'model' if suffix == '.safetensors' else 'pytorch_model'
+    weight_map = {}
+    for i, keys in enumerate(groups, 1):
+        shard = f'{stem}-{i:05d}-of-00003{suffix}'
+        save({k: state[k] for k in keys}, folder / shard)
+        weight_map.update({k: shard for k in keys})
+    index = folder / f'{stem}{suffix}.index.json'
+    index.write_text(json.dumps({'metadata': {'total_size': 0}, 'weight_map': weight_map}))
+    return index
+
+
+def assert_matches_timm(model: DaViT, reference) -> None:
+    images = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        expected = reference_features(reference, model, images)
+        actual = model.eval()(images)
+    for stage, (a, e) in enumerate(zip(actual, expected)):
+        assert (a - e).abs().max().item() <= 1e-4, f'stage {stage}'
+
+
+def assert_vision_tower_report(report, narrow_timm, outside: int, fmt: str) -> None:
+    backbone = [k for k in narrow_timm.state_dict() if not k.startswith('head.')]
+    assert report.format == fmt
+    assert len(report.loaded) == len(backbone)
+    assert report.outside_prefix == outside  # the VLM's other tensors, dropped
+    assert report.fresh == OUTPUT_NORMS  # no output norms in a VLM: new layers, not "missing"
+    assert report.missing == [] and report.unexpected == []
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.bin'])
+def test_florence2_vlm_checkpoint_loads_the_vision_tower(tmp_path, narrow_timm, florence2_vlm, suffix, log_records):
+    path = save(florence2_vlm, tmp_path / f'florence2{suffix}')
+    model = DaViT(arch=dict(NARROW), drop_path_rate=0.0)
+    report = load_pretrained(model, str(path))
+    assert_vision_tower_report(report, narrow_timm, len(FLORENCE2_OTHERS), 'florence2')
+    assert_matches_timm(model, narrow_timm)
+    assert not [r for r in log_records if r.levelno >= logging.WARNING]
+    info = '\n'.join(r.getMessage() for r in log_records)
+    assert f'{len(FLORENCE2_OTHERS)} keys outside "vision_tower." dropped' in info
+    assert 'output norms norm0, norm1, norm2, norm3 freshly initialised' in info
+
+
+def test_transformers_port_loads(tmp_path, narrow_timm):
+    state = timm_to_vlm(narrow_timm.state_dict(), TRANSFORMERS_SUBLAYERS, 'conv', 'model.vision_tower.',
+                        TRANSFORMERS_OTHERS)
+    path = save(state, tmp_path / 'model.safetensors')
+    model = DaViT(arch=dict(NARROW), drop_path_rate=0.0)
+    report = load_pretrained(model, str(path))
+    assert_vision_tower_report(report, narrow_timm, len(TRANSFORMERS_OTHERS), 'florence2-transformers')
+    assert_matches_timm(model, narrow_timm)
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.bin'])
+def test_sharded_checkpoint_reads_only_the_vision_tower(tmp_path, narrow_timm, florence2_vlm, suffix, monkeypatch):
+    index = save_sharded(florence2_vlm, tmp_path, suffix)
+    read = []
+    for reader in (checkpoints.SafetensorsFile, checkpoints.TorchFile):
+        def spy(self, keys, original=reader.read):
+            keys = list(keys)
+            read.extend(keys)
+            return original(self, keys)
+        monkeypatch.setattr(reader, 'read', spy)
+    model = DaViT(arch=dict(NARROW), drop_path_rate=0.0)
+    report = load_pretrained(model, str(index))
+    assert_vision_tower_report(report, narrow_timm, len(FLORENCE2_OTHERS), 'florence2')
+    assert_matches_timm(model, narrow_timm)
+    assert read and all(k.startswith('vision_tower.') for k in read)  # the language model is never read
+
+
+class RunsCode:
+    """Pickles as a call to ``os.mkdir``: loading it without ``weights_only`` would create the folder."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path, )
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path, narrow_timm):
+    marker = tmp_path / 'created_by_the_pickle'
+    path = tmp_path / 'pytorch_model.bin'
+    torch.save({'state_dict': narrow_timm.state_dict(), 'payload': RunsCode(str(marker))}, path)
+    with pytest.raises(ValueError) as info:
+        load_pretrained(DaViT(arch=dict(NARROW)), str(path))
+    assert not marker.exists()
+    message = str(info.value)
+    assert message.startswith(f'Refused to read {path}') and 'mkdir' in message and '.safetensors' in message
+
+
+def test_directory_is_not_a_file(tmp_path, florence2_vlm):
+    save(florence2_vlm, tmp_path / 'model.safetensors')
+    with pytest.raises(IsADirectoryError) as info:
+        load_pretrained(DaViT(arch=dict(NARROW)), str(tmp_path))
+    assert str(info.value) == (f'DaViT checkpoint {tmp_path} is a directory, not a file: pass one of the checkpoint '
+                               'files in it: model.safetensors')
+
+
+def test_truncated_safetensors_error(tmp_path, florence2_vlm):
+    path = save(florence2_vlm, tmp_path / 'full.safetensors')
+    truncated = tmp_path / 'truncated.safetensors'
+    truncated.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(ValueError, match='Could not read .*truncated.safetensors as a safetensors file'):
+        load_pretrained(DaViT(arch=dict(NARROW)), str(truncated))
+
+
+def test_florence2_weights_into_a_classic_arch_name_the_florence_archs(tmp_path, florence2_vlm):
+    state = dict(florence2_vlm)
+    state['vision_tower.convs.1.proj.weight'] = torch.randn(32, 16, 3, 3)  # Florence-2's overlapping downsample
+    path = save(state, tmp_path / 'model.safetensors')
+    with pytest.raises(ValueError, match=r"Shape mismatch for stages.1.downsample.conv.weight: checkpoint "
+                                         r"\(32, 16, 3, 3\) vs model \(32, 16, 2, 2\).*arch='florence2-base'"):
+        load_pretrained(DaViT(arch=dict(NARROW)), str(path))
+
+
+def run_converter(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / 'tools/model_converters/davit2mmdavit.py'), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_converter_cli_sharded_vlm_to_safetensors(tmp_path, narrow_timm, florence2_vlm):
+    index = save_sharded(florence2_vlm, tmp_path, '.safetensors')
+    dst = tmp_path / 'florence2_tower.safetensors'
+    result = run_converter(str(index), str(dst))
+    assert result.returncode == 0, result.stderr
+    assert 'florence2 format' in result.stdout
+    assert f'dropped {len(FLORENCE2_OTHERS)} keys outside the backbone prefix "vision_tower."' in result.stdout
+    written = load_file(str(dst))
+    expected, _ = convert_state_dict({k: v for k, v in narrow_timm.state_dict().items() if not k.startswith('head.')})
+    assert sorted(written) == sorted(expected)
+    assert all(torch.equal(written[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize('problem', ['directory', 'missing', 'destination directory'])
+def test_converter_cli_errors_in_one_line(tmp_path, florence2_vlm, problem):
+    src = save(florence2_vlm, tmp_path / 'model.safetensors')
+    args = {'directory': (str(tmp_path), str(tmp_path / 'out.pth')),
+            'missing': (str(tmp_path / 'nope.pth'), str(tmp_path / 'out.pth')),
+            'destination directory': (str(src), str(tmp_path))}[problem]
+    result = run_converter(*args)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    expected = {'directory': 'is a directory, not a file', 'missing': 'not found',
+                'destination directory': 'is a directory, not a file'}[problem]
+    assert expected in result.stderr

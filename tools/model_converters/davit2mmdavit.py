@@ -1,44 +1,68 @@
 #!/usr/bin/env python
-"""Convert an official, timm or mmpretrain DaViT checkpoint to mmdavit keys.
+"""Convert a DaViT checkpoint in any supported format (official, timm, mmpretrain, Florence-2) to mmdavit keys.
 
     python tools/model_converters/davit2mmdavit.py davit_tiny_official.pth checkpoints/davit_t.pth
+    python tools/model_converters/davit2mmdavit.py hf-hub://microsoft/Florence-2-base checkpoints/florence2_base.safetensors
+
+SRC is a .pth / .pt / .bin or .safetensors file, a sharded checkpoint's *.index.json, or an hf-hub:// name;
+of a whole-model checkpoint (detector, Florence-2 VLM) only the backbone's tensors are read and written. DST
+ending in .safetensors is written as safetensors, anything else with torch.save. Formats and names:
+docs/checkpoint-formats.md.
 
 Not required for training (``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts on the fly), but
 it makes a checkpoint that loads with plain ``load_state_dict`` and shows what a file holds.
 """
 import argparse
+import os
 import sys
 
 import torch
 
-from mmdavit.models.checkpoints import (CONVERSION_RULES, MMDAVIT_KEY, convert_state_dict, read_checkpoint,
-                                        strip_prefix, unwrap_checkpoint)
+from mmdavit.models.checkpoints import CONVERSION_RULES, MMDAVIT_KEY, backbone_keys, convert_keys, open_checkpoint
+
+
+def convert(src: str, dst: str, src_format: str = 'auto', prefix: str = None) -> None:
+    if os.path.isdir(dst):
+        raise IsADirectoryError(f'{dst} is a directory, not a file: give the converted checkpoint a file name, '
+                                f'e.g. {os.path.join(dst, "davit.pth")}')
+    source = open_checkpoint(src)
+    inside, outside, prefix = backbone_keys(source.keys(), prefix)
+    renamed, src_format = convert_keys(inside, src_format)
+    backbone = [new for new in renamed.values() if MMDAVIT_KEY.match(new)]
+    if not backbone:
+        raise ValueError(f'no tensor of {src} is a DaViT backbone tensor after {src_format} conversion (first '
+                         f'keys: {", ".join(list(renamed.values())[:4])}); check --format / --prefix')
+    tensors = source.read(inside.values())
+    converted = {renamed[key]: tensors[original] for key, original in inside.items()}
+    if dst.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in converted.items()}, dst,
+                  metadata={'source': src, 'source_format': src_format})
+    else:
+        torch.save({'state_dict': converted, 'meta': {'source': src, 'source_format': src_format}}, dst)
+    others = sorted(set(converted) - set(backbone))
+    print(f'{src}: {src_format} format, {len(backbone)} backbone tensors written to {dst}')
+    if outside:
+        print(f'dropped {outside} keys outside the backbone prefix "{prefix}"')
+    if others:
+        print(f'kept {len(others)} non-backbone keys (reported as unexpected when loaded): {", ".join(others)}')
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='source checkpoint (.pth / .pt)')
-    parser.add_argument('dst', help='where to write the mmdavit checkpoint')
+    parser.add_argument('src', help='source checkpoint: .pth/.pt/.bin, .safetensors, *.index.json or hf-hub://...')
+    parser.add_argument('dst', help='where to write the mmdavit checkpoint (.safetensors or .pth)')
     parser.add_argument('--format', default='auto', choices=['auto', *CONVERSION_RULES],
                         help='source key format (default: detect)')
     parser.add_argument('--prefix', default=None,
-                        help='prefix of the backbone keys in SRC (default: "backbone." when present)')
+                        help='prefix of the backbone keys in SRC (default: the first of "backbone.", '
+                             '"model.vision_tower.", "vision_tower." present)')
     args = parser.parse_args()
-
-    state, outside = strip_prefix(unwrap_checkpoint(read_checkpoint(args.src)), args.prefix)
-    converted, src_format = convert_state_dict(state, args.format)
-    backbone = [k for k in converted if MMDAVIT_KEY.match(k)]
-    if not backbone:
-        print(f'error: no tensor of {args.src} is a DaViT backbone tensor after {src_format} conversion '
-              f'(first keys: {", ".join(list(converted)[:4])}); check --format / --prefix', file=sys.stderr)
+    try:
+        convert(args.src, args.dst, args.format, args.prefix)
+    except (OSError, ValueError) as error:  # bad paths and files: one line, no traceback
+        print(f'error: {error}', file=sys.stderr)
         return 1
-    others = sorted(set(converted) - set(backbone))
-    torch.save({'state_dict': converted, 'meta': {'source': args.src, 'source_format': src_format}}, args.dst)
-    print(f'{args.src}: {src_format} format, {len(backbone)} backbone tensors written to {args.dst}')
-    if outside:
-        print(f'dropped {outside} keys outside the backbone prefix')
-    if others:
-        print(f'kept {len(others)} non-backbone keys (reported as unexpected when loaded): {", ".join(others)}')
     return 0
 
 

@@ -1,0 +1,97 @@
+"""Weights by name: the ``hf-hub://OWNER/REPO[@REVISION][/FILE]`` checkpoint scheme.
+
+Registered with mmengine's ``CheckpointLoader`` when mmdavit is imported, so a name works wherever mmengine
+reads a checkpoint (``load_from``, ``--checkpoint``) as well as in the backbone's
+``init_cfg=dict(type='Pretrained', checkpoint='hf-hub://timm/davit_tiny.msft_in1k')``.
+
+Without ``FILE`` the repository's weights are looked up as ``model.safetensors``, then
+``model.safetensors.index.json`` (sharded), ``pytorch_model.bin``, ``pytorch_model.bin.index.json``.
+Files go through huggingface_hub's cache: ``HF_HOME`` / ``HF_HUB_CACHE`` say where it is, and with
+``HF_HUB_OFFLINE=1`` only what is cached is used. huggingface_hub is imported on first use, keeping
+``import mmdavit`` fast.
+"""
+import json
+import posixpath
+from typing import List, Optional, Tuple
+
+from mmengine.runner import CheckpointLoader
+
+HF_HUB_PREFIX = 'hf-hub://'
+DEFAULT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+                 'pytorch_model.bin.index.json')
+
+
+def parse_hf_hub_name(name: str) -> Tuple[str, Optional[str], Optional[str]]:
+    """``hf-hub://OWNER/REPO[@REVISION][/FILE]`` -> (repo id, file or None, revision or None)."""
+    parts = name[len(HF_HUB_PREFIX):].split('/', 2)
+    if len(parts) < 2 or not parts[0] or not parts[1] or (len(parts) == 3 and not parts[2]):
+        raise ValueError(f'{name}: expected {HF_HUB_PREFIX}OWNER/REPO, optionally followed by @REVISION and '
+                         f'/FILE (e.g. {HF_HUB_PREFIX}timm/davit_tiny.msft_in1k/model.safetensors)')
+    repo, _, revision = parts[1].partition('@')
+    return f'{parts[0]}/{repo}', (parts[2] if len(parts) == 3 else None), (revision or None)
+
+
+def resolve_hf_hub(name: str) -> str:
+    """The local path of the weights an ``hf-hub://`` name points at, downloading them into the Hugging Face
+    cache if needed and allowed. For a sharded checkpoint this is the index, with its shards beside it."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+    repo_id, filename, revision = parse_hf_hub_name(name)
+    candidates = [filename] if filename else list(DEFAULT_FILES)
+    not_reachable: Optional[Exception] = None
+    for candidate in candidates:
+        try:
+            path = hf_hub_download(repo_id, candidate, revision=revision)
+        except LocalEntryNotFoundError as error:  # not cached, and offline or the hub cannot be reached
+            not_reachable = error
+            continue
+        except EntryNotFoundError:  # the repository has no such file
+            continue
+        except RevisionNotFoundError as error:
+            raise FileNotFoundError(f'{name}: the repository {repo_id} has no revision {revision!r}') from error
+        except RepositoryNotFoundError as error:  # gated and private repositories too
+            raise FileNotFoundError(
+                f'{name}: no repository {repo_id} on the Hugging Face Hub that you can read (check the name; for '
+                f'a private or gated one, log in with `hf auth login` or set HF_TOKEN)') from error
+        if candidate.endswith('.index.json'):
+            _download_shards(repo_id, candidate, path, revision)
+        return path
+    if not_reachable is not None:
+        raise FileNotFoundError(_offline_message(name, repo_id, candidates, constants)) from not_reachable
+    raise FileNotFoundError(f'{name}: the repository {repo_id} has none of {", ".join(candidates)}; name the '
+                            f'weights file: {HF_HUB_PREFIX}{repo_id}/FILE')
+
+
+def _download_shards(repo_id: str, index_name: str, index_path: str, revision: Optional[str]) -> None:
+    from huggingface_hub import hf_hub_download
+    with open(index_path) as f:
+        shards = sorted(set(json.load(f).get('weight_map', {}).values()))
+    folder = posixpath.dirname(index_name)
+    for shard in shards:
+        hf_hub_download(repo_id, posixpath.join(folder, shard) if folder else shard, revision=revision)
+
+
+def _offline_message(name: str, repo_id: str, candidates: List[str], constants) -> str:
+    why = ('downloads are off (HF_HUB_OFFLINE=1)' if constants.HF_HUB_OFFLINE
+           else 'the Hugging Face Hub could not be reached')
+    absent = (f'{candidates[0]} of {repo_id} is not' if len(candidates) == 1
+              else f'none of {", ".join(candidates)} of {repo_id} is')
+    file, local = candidates[0], f'checkpoints/{repo_id.split("/")[-1]}'
+    return (f'{name}: {absent} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. '
+            f'Place the file by hand: on a machine with network run `hf download {repo_id} {file} --local-dir '
+            f'{local}` (older huggingface_hub: `huggingface-cli download` with the same arguments), copy '
+            f'{local}/{file} here and pass its path instead of the name (checkpoint=\'{local}/{file}\'); or copy '
+            f'that machine\'s cache folder models--{repo_id.replace("/", "--")} into {constants.HF_HUB_CACHE} '
+            f'(HF_HOME selects the cache)')
+
+
+@CheckpointLoader.register_scheme(prefixes=HF_HUB_PREFIX)
+def load_from_hf_hub(filename: str, map_location=None) -> dict:
+    """mmengine checkpoint loader for ``hf-hub://`` names: the checkpoint as stored (a torch file's content,
+    or a safetensors / sharded checkpoint's tensors)."""
+    from mmdavit.models.checkpoints import load_checkpoint_file
+    return load_checkpoint_file(resolve_hf_hub(filename), map_location)
+
+
+__all__ = ['HF_HUB_PREFIX', 'load_from_hf_hub', 'parse_hf_hub_name', 'resolve_hf_hub']
