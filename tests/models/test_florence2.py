@@ -149,3 +149,22 @@ def test_each_switch_alone_matches_timm(switch, timm_option):
     with torch.no_grad():
         diffs = max_diffs(ours(images), reference_features(reference, ours, images))
     assert max(diffs) <= TOLERANCE, f'{switch}: max abs diff per stage {diffs}'
+
+
+def test_get_flops_counts_the_overlapping_downsample():
+    """tools/analysis/get_flops.py on the Florence-2 blocks: channel attention v2 costs what v1 costs; the 3x3
+    downsample adds 9 - 4 = 5 multiply-adds per output token, input channel and output channel over the 2x2."""
+    from tests.tools.common import load_tool
+    count_flops = load_tool('analysis/get_flops.py').count_flops
+    arch = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=12)
+    images = torch.rand(1, 3, 97, 131)
+    flops = {switches: count_flops(DaViT(dict(arch, **dict(switches))).eval(), (images, ))
+             for switches in [(), (('channel_attention', 'v2'), ), (('downsample', 'overlap'), ),
+                              (('downsample', 'overlap'), ('channel_attention', 'v2'))]}
+    height, width, dims, extra = 25, 33, 16, 0  # stage-0 tokens of 97 x 131
+    for _ in range(3):
+        height, width = -(-height // 2), -(-width // 2)
+        extra += height * width * 2 * dims * dims * 5
+        dims *= 2
+    classic, v2, overlap, florence2 = flops.values()
+    assert v2 == classic and florence2 == overlap == classic + extra
