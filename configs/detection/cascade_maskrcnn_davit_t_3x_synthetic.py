@@ -1,0 +1,72 @@
+# Cascade Mask R-CNN DaViT-T on the synthetic COCO-format shapes that `make demo` generates
+# (tools/generate_synthetic_data.py), for tests and CPU trials. Same model, AMP and layer-decay optimizer as
+# cascade_maskrcnn_davit_t_3x.py; only the data, image scale, schedule, sampling sizes and the heads' norm
+# (BN instead of SyncBN, so single-process and CPU-distributed runs share the config) change, and no
+# pretrained weights (none being offline).
+_base_ = './cascade_maskrcnn_davit_t_3x.py'
+
+data_root = 'data/synthetic/coco/'
+metainfo = dict(
+    classes=('circle', 'square', 'triangle', 'star'),
+    palette=[(230, 30, 30), (30, 190, 50), (40, 70, 230), (240, 210, 20)])
+image_scale = (160, 128)  # (w, h) of the generated images (make demo: --size 128 160)
+norm_cfg = dict(type='BN', requires_grad=True)
+
+# The three cascade stages keep their box coders and GIoU losses; only the classes and the norm change.
+bbox_heads = [dict(head, num_classes=4, norm_cfg=norm_cfg) for head in _base_.model.roi_head.bbox_head]
+# CPU-sized sampling: at most 6 objects per image need far fewer proposals and RoIs than COCO.
+model = dict(
+    backbone=dict(init_cfg=None),
+    roi_head=dict(bbox_head=bbox_heads, mask_head=dict(num_classes=4)),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
+        rcnn=[dict(stage, sampler=dict(stage.sampler, num=64)) for stage in _base_.model.train_cfg.rcnn]),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=100), rcnn=dict(max_per_img=20)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=2,
+    dataset=dict(
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val2017.json',
+        data_prefix=dict(img='val2017/'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+# A short schedule from scratch: a higher AdamW lr than fine-tuning uses, warmup, one decay step.
+max_epochs = 6
+train_cfg = dict(max_epochs=max_epochs, val_interval=3)
+optim_wrapper = dict(optimizer=dict(lr=4e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[5], gamma=0.1),
+]
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1),
+    visualization=dict(draw=True, interval=5))

@@ -1,0 +1,8 @@
+# Mask2Former DaViT-B on ADE20K, 160k iterations: mask2former_davit_t_160k_ade20k.py with DaViT-B. Drop path 0.3,
+# as the zoo's Swin-B Mask2Former.
+_base_ = './mask2former_davit_t_160k_ade20k.py'
+
+pretrained = 'checkpoints/davit_b.pth'
+model = dict(
+    backbone=dict(arch='base', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[128, 256, 512, 1024]))
