@@ -1,4 +1,5 @@
-"""Parameter counts against the official figures in shared/davit-reference.md."""
+"""Parameter counts of the classic archs against the official figures (classifiers: docs/recipes.md, "Published
+results"). Florence-2 towers: tests/models/test_florence2.py."""
 import pytest
 import torch
 
