@@ -7,12 +7,17 @@ Uses the inferencer of the config's package, chosen by its ``default_scope``: mm
 (boxes and masks above ``--score-thr``), mmseg's ``MMSegInferencer`` (the class map blended over the image) or
 mmpretrain's ``ImageClassificationInferencer`` (the top class). Pictures are named after the input files and
 land in ``OUT_DIR/vis/``; the script prints where each one went.
+
+Every input is read before the model loads: a missing, corrupt or non-image file stops the run with the list of
+them. An image the model or the visualizer fails on is named with the error, and the others are still drawn
+(exit status 1).
 """
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+import mmcv
 from mmengine.config import Config
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -30,6 +35,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def read_problem(path: str) -> Optional[str]:
+    """Why the inferencers could not read ``path`` (they decode with mmcv.imread), or None."""
+    try:
+        image = mmcv.imread(path)
+    except Exception as error:  # mmcv / OpenCV raise several types for unreadable files
+        return f'{type(error).__name__}: {error}'
+    return None if image is not None else 'not an image OpenCV can decode: corrupt, or another kind of file'
+
+
 def expand_images(inputs: List[str]) -> List[str]:
     """Image paths, folders replaced by the images they hold; one picture per distinct file name."""
     images = []
@@ -42,6 +56,13 @@ def expand_images(inputs: List[str]) -> List[str]:
             raise SystemExit(f'error: image {item} not found (paths are relative to {Path.cwd()})')
     if not images:
         raise SystemExit(f'error: no image ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(inputs)}')
+    unreadable = []
+    for path in images:
+        problem = read_problem(path)
+        if problem:
+            unreadable.append(f'{path} ({problem})')
+    if unreadable:
+        raise SystemExit(f'error: not readable as images (nothing was drawn): {"; ".join(unreadable)}')
     names = [Path(p).name for p in images]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
@@ -50,32 +71,48 @@ def expand_images(inputs: List[str]) -> List[str]:
     return images
 
 
-def infer_detection(args: argparse.Namespace, images: List[str], out_dir: Path) -> List[Path]:
+# Each returns a function that draws one image and returns the picture's path.
+Draw = Callable[[str], Path]
+
+
+def detection_drawer(args: argparse.Namespace, cfg: Config, out_dir: Path) -> Draw:
     from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(model=args.config, weights=args.checkpoint, device=args.device,
-                               show_progress=False)
-    inferencer(images, out_dir=str(out_dir), pred_score_thr=args.score_thr, no_save_pred=True)
-    return [out_dir / 'vis' / Path(p).name for p in images]
+    inferencer = DetInferencer(model=cfg, weights=args.checkpoint, device=args.device, show_progress=False)
+
+    def draw(image: str) -> Path:
+        inferencer(image, out_dir=str(out_dir), pred_score_thr=args.score_thr, no_save_pred=True)
+        return out_dir / 'vis' / Path(image).name
+
+    return draw
 
 
-def infer_segmentation(args: argparse.Namespace, images: List[str], out_dir: Path) -> List[Path]:
+def segmentation_drawer(args: argparse.Namespace, cfg: Config, out_dir: Path) -> Draw:
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(model=args.config, weights=args.checkpoint, device=args.device)
-    inferencer(images, out_dir=str(out_dir), img_out_dir='vis')
-    return [out_dir / 'vis' / Path(p).name for p in images]
+    inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device)
+
+    def draw(image: str) -> Path:
+        if mmcv.imread(image).shape[:2] == (1, 1):  # mmseg 1.2's visualizer takes a 1x1 mask for an index
+            raise ValueError('a single-pixel image, which mmseg\'s visualizer cannot draw')
+        inferencer(image, out_dir=str(out_dir), img_out_dir='vis')
+        return out_dir / 'vis' / Path(image).name
+
+    return draw
 
 
-def infer_classification(args: argparse.Namespace, images: List[str], out_dir: Path) -> List[Path]:
+def classification_drawer(args: argparse.Namespace, cfg: Config, out_dir: Path) -> Draw:
     from mmpretrain.apis import ImageClassificationInferencer
-    inferencer = ImageClassificationInferencer(model=args.config, pretrained=args.checkpoint,
-                                               device=args.device)
+    inferencer = ImageClassificationInferencer(model=cfg, pretrained=args.checkpoint, device=args.device)
     vis_dir = out_dir / 'vis'
     vis_dir.mkdir(parents=True, exist_ok=True)
-    inferencer(images, show_dir=str(vis_dir))
-    return [vis_dir / f'{Path(p).stem}.png' for p in images]
+
+    def draw(image: str) -> Path:
+        inferencer(image, show_dir=str(vis_dir))
+        return vis_dir / f'{Path(image).stem}.png'
+
+    return draw
 
 
-INFER_BY_SCOPE = {'mmdet': infer_detection, 'mmseg': infer_segmentation, 'mmpretrain': infer_classification}
+DRAWER_BY_SCOPE = {'mmdet': detection_drawer, 'mmseg': segmentation_drawer, 'mmpretrain': classification_drawer}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -83,18 +120,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f'error: checkpoint {args.checkpoint} not found (train one with tools/train.py, or '
                          f'convert released weights with tools/model_converters/)')
-    scope = Config.fromfile(args.config).get('default_scope')
-    if scope not in INFER_BY_SCOPE:
+    cfg = Config.fromfile(args.config)
+    scope = cfg.get('default_scope')
+    if scope not in DRAWER_BY_SCOPE:
         raise SystemExit(f'error: {args.config} has default_scope={scope!r}; infer.py handles '
-                         f'{", ".join(INFER_BY_SCOPE)} configs')
+                         f'{", ".join(DRAWER_BY_SCOPE)} configs')
     images = expand_images(args.images)
-    pictures = INFER_BY_SCOPE[scope](args, images, Path(args.out_dir))
-    missing = [str(p) for p in pictures if not p.is_file()]
-    if missing:
-        print(f'error: the {scope} inferencer did not write {", ".join(missing)}', file=sys.stderr)
+    # The inferencer writes the pictures itself; the config's storage backends (LocalVisBackend) would need a
+    # save_dir, warn without one, and store nothing we use.
+    if cfg.get('visualizer') is not None:
+        cfg.visualizer.vis_backends = None
+    draw = DRAWER_BY_SCOPE[scope](args, cfg, Path(args.out_dir))
+    failed = []
+    for image in images:
+        try:
+            picture = draw(image)
+        except Exception as error:  # name the image and go on with the others
+            failed.append(image)
+            print(f'error: {image}: {type(error).__name__}: {error}', file=sys.stderr)
+            continue
+        if picture.is_file():
+            print(f'{image} -> {picture}')
+        else:
+            failed.append(image)
+            print(f'error: {image}: the {scope} inferencer did not write {picture}', file=sys.stderr)
+    if failed:
+        print(f'error: {len(failed)} of {len(images)} images not drawn: {", ".join(failed)}', file=sys.stderr)
         return 1
-    for image, picture in zip(images, pictures):
-        print(f'{image} -> {picture}')
     return 0
 
 

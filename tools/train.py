@@ -35,6 +35,18 @@ SCOPE_TO_PACKAGE = {'mmdet': 'mmdet', 'mmseg': 'mmseg', 'mmpretrain': 'mmpretrai
 DDP_TYPES = (None, 'MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
 
 
+def config_first(argv: Sequence[str]) -> List[str]:
+    """``--resume CONFIG ...`` (mmseg's ``--resume`` takes no value) as ``CONFIG --resume ...``.
+
+    mmdet's and mmpretrain's ``--resume`` takes an optional checkpoint and would read the config as one; a
+    checkpoint is never a ``.py`` file, so a ``.py`` right after ``--resume`` is the config."""
+    argv = list(argv)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == '--resume' and argv[i + 1].endswith('.py'):
+            return [argv[i + 1], *argv[:i + 1], *argv[i + 2:]]
+    return argv
+
+
 def peek_args(script: str, argv: Sequence[str]) -> argparse.Namespace:
     """The few arguments we need before the upstream script parses ``argv`` itself."""
     parser = argparse.ArgumentParser(prog=f'tools/{script}.py', add_help=False)
@@ -161,6 +173,8 @@ def run_upstream(script: str, argv: Sequence[str], usage: str) -> None:
         print(f'The options are those of the config\'s package\'s own tools/{script}.py: '
               f'tools/{script}.py CONFIG --help lists them.', file=out)
         sys.exit(0 if argv else 2)
+    if script == 'train':
+        argv = config_first(argv)
     args = peek_args(script, argv)
     cfg = load_config(args.config, args.cfg_options)
     package = package_of(cfg, args.config)

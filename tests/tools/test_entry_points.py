@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Tuple
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -53,6 +54,25 @@ def test_resume_path_becomes_load_from_for_mmseg():
     assert train.resume_with_path_for_mmseg(['cfg.py', '--resume=x.pth'], 'x.pth') == [
         'cfg.py', '--resume', '--cfg-options', 'load_from=x.pth']
     assert train.resume_with_path_for_mmseg(['cfg.py', '--resume'], 'auto') == ['cfg.py', '--resume']
+
+
+def test_config_may_follow_resume():
+    train = load_tool('train.py')
+    # mmseg's --resume takes no value, so its users write the flag first; a .py is never a checkpoint.
+    assert train.config_first(['--resume', 'cfg.py', '--amp']) == ['cfg.py', '--resume', '--amp']
+    assert train.config_first(['--work-dir', 'w', '--resume', 'cfg.py']) == ['cfg.py', '--work-dir', 'w', '--resume']
+    assert train.config_first(['cfg.py', '--resume', 'w/iter_10.pth']) == ['cfg.py', '--resume', 'w/iter_10.pth']
+    assert train.config_first(['cfg.py', '--resume']) == ['cfg.py', '--resume']
+
+
+def test_train_accepts_resume_before_the_config(tmp_path):
+    # Reaches DaViTRunner (its missing-dataset error is the tell) instead of "arguments are required: config".
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / 'train.py'), '--resume', str(SEG_CONFIG), '--work-dir', str(tmp_path),
+         '--cfg-options', f'train_dataloader.dataset.data_root={tmp_path / "no_such_data"}'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert 'Dataset not found' in result.stderr, result.stderr[-2000:]
 
 
 def test_train_runs_two_iterations_and_saves_a_checkpoint(trained):
@@ -101,6 +121,45 @@ def test_infer_writes_a_picture(trained, coco_root, tmp_path):
     drawn, original = cv2.imread(str(picture)), cv2.imread(str(image))
     assert drawn is not None and drawn.shape == original.shape
     assert (drawn != original).any(), 'no prediction drawn at --score-thr 0'
+    assert 'LocalVisBackend' not in result.stdout + result.stderr
+
+
+def test_infer_names_unreadable_images_before_loading_the_model(coco_root, tmp_path):
+    good = coco_root / 'val2017' / '000000000001.png'
+    truncated, text = tmp_path / 'truncated.png', tmp_path / 'notes.jpg'
+    truncated.write_bytes(good.read_bytes()[:40])
+    text.write_text('not an image')
+    unused = tmp_path / 'unused.pth'  # never read: the inputs are checked first
+    unused.write_bytes(b'')
+    result = subprocess.run([sys.executable, str(TOOLS / 'infer.py'), str(DET_CONFIG), str(unused), str(good),
+                             str(truncated), str(text), '--out-dir', str(tmp_path / 'out')],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith('error: not readable as images')
+    assert str(truncated) in error and str(text) in error and str(good) not in error
+
+
+def test_infer_goes_on_after_an_image_it_cannot_draw(tmp_path):
+    # A randomly initialised segmentation model (the drawing, not the weights, is under test); a 1x1 image,
+    # which mmseg's visualizer fails on, first, a normal one after it.
+    from mmseg.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(str(SEG_CONFIG))
+    torch.save({'state_dict': MODELS.build(cfg.model).state_dict()}, tmp_path / 'random.pth')
+    tiny, normal = tmp_path / 'tiny.png', tmp_path / 'normal.png'
+    cv2.imwrite(str(tiny), np.full((1, 1, 3), 200, np.uint8))
+    cv2.imwrite(str(normal), np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    result = subprocess.run([sys.executable, str(TOOLS / 'infer.py'), str(SEG_CONFIG), str(tmp_path / 'random.pth'),
+                             str(tiny), str(normal), '--out-dir', str(tmp_path / 'out')],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert f'{normal} -> {tmp_path / "out" / "vis" / "normal.png"}' in result.stdout, output[-2000:]
+    assert cv2.imread(str(tmp_path / 'out' / 'vis' / 'normal.png')).shape == (96, 128, 3)
+    assert 'LocalVisBackend' not in output
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, output[-2000:]
+    assert f"error: {tiny}: ValueError: a single-pixel image, which mmseg's visualizer cannot draw" in result.stderr
 
 
 def free_port() -> int:
