@@ -42,7 +42,8 @@ def resolve_hf_hub(name: str) -> str:
     not_reachable: Optional[Exception] = None
     for candidate in candidates:
         try:
-            path = hf_hub_download(repo_id, candidate, revision=revision)
+            # Once the hub proved unreachable, look only in the cache (each online try retries for ~20 s).
+            path = hf_hub_download(repo_id, candidate, revision=revision, local_files_only=bool(not_reachable))
         except LocalEntryNotFoundError as error:  # not cached, and offline or the hub cannot be reached
             not_reachable = error
             continue
@@ -74,7 +75,7 @@ def _download_shards(repo_id: str, index_name: str, index_path: str, revision: O
 
 def _offline_message(name: str, repo_id: str, candidates: List[str], constants) -> str:
     why = ('downloads are off (HF_HUB_OFFLINE=1)' if constants.HF_HUB_OFFLINE
-           else 'the Hugging Face Hub could not be reached')
+           else 'the Hugging Face Hub could not be reached (without network, HF_HUB_OFFLINE=1 skips the retries)')
     absent = (f'{candidates[0]} of {repo_id} is not' if len(candidates) == 1
               else f'none of {", ".join(candidates)} of {repo_id} is')
     file, local = candidates[0], f'checkpoints/{repo_id.split("/")[-1]}'

@@ -61,7 +61,8 @@ def test_detection_recipe(name):
     backbone = cfg.model.backbone
     assert backbone.type == 'mmdavit.DaViT' and backbone.arch == ARCH[variant]
     assert backbone.drop_path_rate == (0.2 if three_x else 0.1)
-    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=f'checkpoints/davit_{variant}.pth')
+    # The official ImageNet-1k weights by name (timm's hub copies of them).
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=f'hf-hub://timm/davit_{ARCH[variant]}.msft_in1k')
     optimizer = cfg.optim_wrapper.optimizer
     assert (optimizer.type, optimizer.lr, tuple(optimizer.betas), optimizer.weight_decay) == \
         ('AdamW', 1e-4, (0.9, 0.999), 0.05)
@@ -94,6 +95,7 @@ def test_segmentation_recipe(name):
     cfg = load(name)
     variant = name.split('_')[2]
     assert cfg.model.backbone.arch == ARCH[variant] and cfg.model.backbone.drop_path_rate == 0.3
+    assert cfg.model.backbone.init_cfg.checkpoint == f'hf-hub://timm/davit_{ARCH[variant]}.msft_in1k'
     assert cfg.model.decode_head.type == 'UPerHead' and cfg.model.decode_head.channels == 512
     dims = {'t': 96, 's': 96, 'b': 128}[variant]
     assert cfg.model.decode_head.in_channels == [dims, 2 * dims, 4 * dims, 8 * dims]

@@ -48,3 +48,26 @@ def test_missing_pretrained_checkpoint_says_how_to_get_it(tmp_path, monkeypatch)
         runner.train()
     assert 'checkpoints/davit_t.pth' in str(info.value)
     assert '--cfg-options model.backbone.init_cfg=None' in str(info.value)
+
+
+def test_pretrained_by_name_offline_says_how_to_place_the_file(tmp_path, monkeypatch):
+    """The paper configs load their weights by name (hf-hub://); without network and without the file in the
+    Hugging Face cache, training stops with the error that says how to place the file or pass a path."""
+    from huggingface_hub import constants  # read at call time: this is what HF_HUB_OFFLINE / HF_HOME set
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf' / 'hub'))
+    data = make_tiny_data(tmp_path / 'data')
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(str(CONFIGS / 'detection/maskrcnn_davit_t_synthetic.py'))
+    overrides = tmp_path / 'overrides.py'
+    overrides.write_text(detection_overrides(data['coco']))
+    cfg.merge_from_dict(Config.fromfile(str(overrides)).to_dict())
+    cfg.model.backbone.init_cfg = Config.fromfile(str(CONFIGS / 'detection/maskrcnn_davit_t.py')).model.backbone.init_cfg
+    runner = build_runner(cfg, tmp_path / 'work')
+    with pytest.raises(FileNotFoundError) as info:
+        runner.train()
+    message = str(info.value)
+    assert message.startswith('hf-hub://timm/davit_tiny.msft_in1k: none of model.safetensors')
+    assert 'downloads are off (HF_HUB_OFFLINE=1)' in message
+    assert '`hf download timm/davit_tiny.msft_in1k model.safetensors' in message
+    assert 'pass its path instead of the name' in message

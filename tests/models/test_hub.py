@@ -1,0 +1,208 @@
+"""Weights by name: ``hf-hub://`` through the Hugging Face cache, offline, in a fresh interpreter.
+
+The cache is laid out on disk by the test as huggingface_hub lays it out (``models--OWNER--REPO/blobs``,
+``snapshots/<commit>/FILE`` links, ``refs/main``); the checkpoints in it are written by the test (timm's keys,
+Florence-2's names by the test's own renaming). A fresh interpreter, because huggingface_hub reads
+``HF_HOME`` and ``HF_HUB_OFFLINE`` when it is imported.
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mmdavit.models import DaViT, convert_state_dict
+from mmdavit.models.hub import parse_hf_hub_name
+from tests.models.reference import perturb_, timm_davit
+from tests.models.test_checkpoints import (FLORENCE2_OTHERS, FLORENCE2_SUBLAYERS, NARROW, assert_matches_timm,
+                                           save_sharded, timm_to_vlm)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMIT = '0123456789abcdef0123456789abcdef01234567'
+
+# Runs in the fresh interpreter: each case's outcome goes to OUT/<case>.pth or into the printed RESULT line.
+SCRIPT = r'''
+import json, sys
+import torch
+import mmdavit
+from mmengine.model import BaseModel
+from mmengine.runner import CheckpointLoader
+from mmdavit.models import DaViT
+from mmdavit.registry import RUNNERS
+
+out, arch = sys.argv[1], json.loads(sys.argv[2])
+result = {'hub_imported_by_mmdavit': 'huggingface_hub' in sys.modules,
+          'scheme_loader': CheckpointLoader._get_checkpoint_loader('hf-hub://a/b').__name__}
+
+
+def backbone(name):
+    model = DaViT(arch=arch, drop_path_rate=0.0, init_cfg=dict(type='Pretrained', checkpoint=name))
+    model.init_weights()
+    return model
+
+
+torch.save(backbone('hf-hub://timm/davit_test.in1k').state_dict(), f'{out}/default_file.pth')
+torch.save(backbone('hf-hub://timm/davit_test.in1k/pytorch_model.bin').state_dict(), f'{out}/named_file.pth')
+torch.save(backbone('hf-hub://microsoft/Florence-2-test').state_dict(), f'{out}/sharded_vlm.pth')
+
+
+class Detector(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.backbone = DaViT(arch=arch)
+        self.neck = torch.nn.Conv2d(arch['embed_dims'] * 8, 4, 1)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        return self.neck(self.backbone(inputs)[-1])
+
+
+runner = RUNNERS.get('DaViTRunner')(model=Detector(), work_dir=f'{out}/work', load_from='hf-hub://someone/detector-test')
+runner.load_or_resume()
+torch.save(runner.model.state_dict(), f'{out}/load_from.pth')
+
+try:
+    backbone('hf-hub://nobody/absent')
+except Exception as error:
+    result['missing'] = [type(error).__name__, str(error)]
+print('RESULT ' + json.dumps(result))
+'''
+
+
+def add_to_hub_cache(hf_home: Path, repo_id: str, files: Dict[str, Path]) -> None:
+    """Put files into huggingface_hub's cache layout, as a download of revision ``main`` would."""
+    repo = hf_home / 'hub' / f'models--{repo_id.replace("/", "--")}'
+    for name, source in files.items():
+        data = source.read_bytes()
+        blob = repo / 'blobs' / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / 'snapshots' / COMMIT / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / 'refs').mkdir(exist_ok=True)
+    (repo / 'refs' / 'main').write_text(COMMIT)
+
+
+@pytest.fixture(scope='module')
+def hub_run(tmp_path_factory):
+    """One fresh offline interpreter loading every case; returns its outcomes and the weights it was given."""
+    tmp = tmp_path_factory.mktemp('hub')
+    files, hf_home, out = tmp / 'files', tmp / 'hf_home', tmp / 'out'
+    for folder in (files, hf_home, out):
+        folder.mkdir()
+    reference = timm_davit(**NARROW)
+    timm_state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    other_state = {k: torch.zeros_like(v) + 0.5 for k, v in timm_state.items()}
+    save_file(timm_state, str(files / 'model.safetensors'))
+    torch.save(other_state, files / 'pytorch_model.bin')
+    add_to_hub_cache(hf_home, 'timm/davit_test.in1k', {'model.safetensors': files / 'model.safetensors',
+                                                       'pytorch_model.bin': files / 'pytorch_model.bin'})
+
+    vlm = timm_to_vlm(timm_state, FLORENCE2_SUBLAYERS, 'proj', 'vision_tower.', FLORENCE2_OTHERS)
+    sharded = files / 'sharded'
+    sharded.mkdir()
+    index = save_sharded(vlm, sharded, '.safetensors')
+    add_to_hub_cache(hf_home, 'microsoft/Florence-2-test', {p.name: p for p in sharded.iterdir()})
+    assert index.name == 'model.safetensors.index.json'
+
+    converted, _ = convert_state_dict({k: v for k, v in timm_state.items() if not k.startswith('head.')})
+    detector = {f'backbone.{k}': v for k, v in converted.items()}
+    detector.update({f'backbone.norm{i}.{p}': torch.randn(16 * 2**i) for i in range(4) for p in ('weight', 'bias')})
+    detector.update({'neck.weight': torch.randn(4, 128, 1, 1), 'neck.bias': torch.randn(4)})
+    save_file(detector, str(files / 'detector.safetensors'))
+    add_to_hub_cache(hf_home, 'someone/detector-test', {'model.safetensors': files / 'detector.safetensors'})
+
+    env = {k: v for k, v in os.environ.items() if k not in ('HF_HUB_CACHE', 'HUGGINGFACE_HUB_CACHE', 'HF_TOKEN')}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+    completed = subprocess.run([sys.executable, '-c', SCRIPT, str(out), json.dumps(NARROW)], cwd=tmp, env=env,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(line for line in completed.stdout.splitlines() if line.startswith('RESULT '))
+    return dict(result=json.loads(line[len('RESULT '):]), out=out, hf_home=hf_home, reference=reference,
+                timm=converted, other=convert_state_dict(other_state)[0], detector=detector)
+
+
+def loaded(hub_run, case: str) -> dict:
+    return torch.load(hub_run['out'] / f'{case}.pth', weights_only=True)
+
+
+def assert_backbone_equals(state: dict, expected: dict) -> None:
+    for key, value in state.items():
+        if not key.startswith('norm'):
+            assert torch.equal(value, expected[key]), key
+
+
+def test_import_registers_the_scheme_without_importing_huggingface_hub(hub_run):
+    assert hub_run['result']['scheme_loader'] == 'load_from_hf_hub'
+    assert hub_run['result']['hub_imported_by_mmdavit'] is False  # imported on first use: import stays fast
+
+
+def test_init_cfg_by_name_prefers_safetensors(hub_run):
+    assert_backbone_equals(loaded(hub_run, 'default_file'), hub_run['timm'])
+
+
+def test_init_cfg_by_name_with_a_file(hub_run):
+    assert_backbone_equals(loaded(hub_run, 'named_file'), hub_run['other'])
+
+
+def test_init_cfg_by_name_sharded_florence2_vlm(hub_run):
+    model = DaViT(arch=dict(NARROW), drop_path_rate=0.0)
+    model.load_state_dict(loaded(hub_run, 'sharded_vlm'))
+    assert_backbone_equals(model.state_dict(), hub_run['timm'])
+    assert_matches_timm(model, hub_run['reference'])
+
+
+def test_load_from_by_name(hub_run):
+    state = loaded(hub_run, 'load_from')
+    assert sorted(state) == sorted(hub_run['detector'])
+    for key, value in hub_run['detector'].items():
+        assert torch.equal(state[key], value), key
+
+
+def test_offline_and_not_cached_says_how_to_place_the_file(hub_run):
+    kind, message = hub_run['result']['missing']
+    assert kind == 'FileNotFoundError'
+    assert message.startswith('hf-hub://nobody/absent: none of model.safetensors, model.safetensors.index.json, '
+                              'pytorch_model.bin, pytorch_model.bin.index.json of nobody/absent is in the Hugging '
+                              f'Face cache ({hub_run["hf_home"] / "hub"}) and downloads are off (HF_HUB_OFFLINE=1)')
+    assert '`hf download nobody/absent model.safetensors --local-dir checkpoints/absent`' in message
+    assert "checkpoint='checkpoints/absent/model.safetensors'" in message
+
+
+@pytest.mark.parametrize('name,expected', [
+    ('hf-hub://timm/davit_tiny.msft_in1k', ('timm/davit_tiny.msft_in1k', None, None)),
+    ('hf-hub://timm/davit_tiny.msft_in1k/model.safetensors', ('timm/davit_tiny.msft_in1k', 'model.safetensors', None)),
+    ('hf-hub://me/repo@v1.0/sub/dir/weights.bin', ('me/repo', 'sub/dir/weights.bin', 'v1.0')),
+])
+def test_parse_names(name, expected):
+    assert parse_hf_hub_name(name) == expected
+
+
+@pytest.mark.parametrize('name', ['hf-hub://davit', 'hf-hub://timm/', 'hf-hub://timm/repo/'])
+def test_malformed_names_say_the_form(name):
+    with pytest.raises(ValueError, match='expected hf-hub://OWNER/REPO'):
+        parse_hf_hub_name(name)
+
+
+def test_load_checkpoint_takes_a_local_safetensors_file_and_sharded_index(tmp_path):
+    """mmengine's own loader would torch.load these; mmdavit registers a reader for them (load_from, --checkpoint)."""
+    from mmengine.runner import load_checkpoint
+    source = perturb_(DaViT(arch=dict(NARROW)))
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / 'ours.safetensors'))
+    keys = sorted(state)
+    shards = {'a.safetensors': keys[:len(keys) // 2], 'b.safetensors': keys[len(keys) // 2:]}
+    for shard, shard_keys in shards.items():
+        save_file({k: state[k] for k in shard_keys}, str(tmp_path / shard))
+    (tmp_path / 'ours.safetensors.index.json').write_text(
+        json.dumps({'weight_map': {k: shard for shard, shard_keys in shards.items() for k in shard_keys}}))
+    for name in ('ours.safetensors', 'ours.safetensors.index.json'):
+        model = DaViT(arch=dict(NARROW))
+        load_checkpoint(model, str(tmp_path / name), map_location='cpu', strict=True)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items()), name
