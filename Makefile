@@ -6,6 +6,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.mmdavit-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# pip shows only "Building wheel for mmcv ... still running" for a quarter of an hour: say so before it starts.
+MMCV_NOTE := mmdavit: compiling mmcv 2.1.0 against this torch takes ~15-25 min on 2 cores (measured; seconds \
+when pip has the wheel cached from an earlier install). It has not hung.
 
 .PHONY: install test demo demo-data clean-venv
 
@@ -17,8 +20,9 @@ $(STAMP): setup.py requirements/runtime.txt requirements/tests.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH) "setuptools>=77,<80" wheel
-	$(PY) -c "import mmcv.ops" 2>/dev/null || \
-	  CXX=$(CURDIR)/tools/install/cxx20 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0
+	$(PY) -c "import mmcv.ops" 2>/dev/null || { \
+	  echo "$(MMCV_NOTE)"; \
+	  CXX=$(CURDIR)/tools/install/cxx20 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0; }
 	$(PIP) install $(TORCH) "setuptools>=77,<80" -r requirements/runtime.txt -r requirements/tests.txt
 	$(PIP) install --no-build-isolation --no-deps -e .
 	$(PY) -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, timm, mmdavit; print('stack ok: torch', torch.__version__)"

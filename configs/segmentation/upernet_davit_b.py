@@ -1,5 +1,6 @@
 # UperNet DaViT-B on ADE20K, 160k (paper: mIoU 49.4; 121M, 1175 GFLOPs).
 _base_ = './upernet_davit_t.py'
+# Heads: SyncBN for the 8-GPU reproduction, BN when not distributed on GPUs (see upernet_davit_t.py).
 
 pretrained = 'checkpoints/davit_b.pth'
 model = dict(

@@ -1,5 +1,6 @@
 # UperNet DaViT-S on ADE20K, 160k (paper: mIoU 48.8; 81M, 1030 GFLOPs).
 _base_ = './upernet_davit_t.py'
+# Heads: SyncBN for the 8-GPU reproduction, BN when not distributed on GPUs (see upernet_davit_t.py).
 
 pretrained = 'checkpoints/davit_s.pth'
 model = dict(

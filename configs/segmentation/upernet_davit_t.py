@@ -20,6 +20,9 @@ model = dict(
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    # Heads keep the base's SyncBN: the 8-GPU reproduction normalises over all 16 crops. The official config
+    # reads BN marked '# SyncBN' (docs/recipes.md says why we read that as SyncBN). Single-process runs turn
+    # it into BN (mmengine), and so do CPU-distributed runs (DaViTRunner, with a warning).
     decode_head=dict(in_channels=[96, 192, 384, 768], channels=512, num_classes=150),
     auxiliary_head=dict(in_channels=384, in_index=2, num_classes=150, loss_decode=dict(loss_weight=0.4)))
 

@@ -22,10 +22,11 @@ from typing import Callable, Dict, Optional, Union
 from mmengine.device import get_device
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.loops import BaseLoop
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mmdavit.registry import RUNNERS
@@ -36,11 +37,11 @@ from .loops import RESUMABLE_LOOPS, LOOP_NAMES, RNG_META_KEY, ResumableLoopMixin
 DATASET_HINTS = {
     'CocoDataset': ('COCO: download train2017.zip, val2017.zip and annotations_trainval2017.zip from '
                     'cocodataset.org and unpack them so that data/coco/{train2017,val2017,annotations} exist '
-                    '(README, "Real data"); or set train_dataloader.dataset.data_root (and the val/test ones and '
-                    'val_evaluator.ann_file) to where your copy lives.'),
+                    '(README, "Reproducing COCO and ADE20K"); or set train_dataloader.dataset.data_root (and the '
+                    'val/test ones and val_evaluator.ann_file) to where your copy lives.'),
     'ADE20KDataset': ('ADE20K: download ADEChallengeData2016.zip (MIT Scene Parsing benchmark) and unzip it into '
-                      'data/ade/ so that data/ade/ADEChallengeData2016/{images,annotations} exist (README, "Real '
-                      'data"); or set the dataloaders\' dataset.data_root to your copy.'),
+                      'data/ade/ so that data/ade/ADEChallengeData2016/{images,annotations} exist (README, '
+                      '"Reproducing COCO and ADE20K"); or set the dataloaders\' dataset.data_root to your copy.'),
 }
 SYNTHETIC_HINT = 'To see everything work without downloads, run `make demo` (synthetic COCO/ADE-format data).'
 
@@ -83,6 +84,16 @@ class DaViTRunner(Runner):
             self.logger.info('AmpOptimWrapper without a GPU: mixed precision in bfloat16 autocast on the CPU')
             optim_wrapper = dict(optim_wrapper, type=CPUAmpOptimWrapper)
         return super().build_optim_wrapper(optim_wrapper)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[Dict], model: nn.Module) -> nn.Module:
+        """mmengine turns SyncBN into BN when training is not distributed; do so too when it is but runs on the
+        CPU (gloo), where torch's SyncBatchNorm refuses to run (e.g. the paper UperNet configs there)."""
+        if self.distributed and get_device() == 'cpu' and not is_model_wrapper(model) and any(
+                isinstance(module, nn.SyncBatchNorm) for module in model.modules()):
+            self.logger.warning('SyncBatchNorm needs GPUs: on the CPU each process normalises its own batch '
+                                '(SyncBN layers become BatchNorm)')
+            model = revert_sync_batchnorm(model)
+        return super().wrap_model(model_wrapper_cfg, model)
 
     def register_hook(self, hook: Union[Hook, Dict], priority=None) -> None:
         super().register_hook(hook, priority)
