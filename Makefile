@@ -36,17 +36,20 @@ test: install
 MIM := $(VENV)/bin/mim
 DET_DEMO := maskrcnn_davit_t_synthetic
 SEG_DEMO := upernet_davit_t_synthetic
+# The last checkpoints of the configs' schedules (3 epochs, 160 iterations).
+DET_DEMO_CKPT := epoch_3.pth
+SEG_DEMO_CKPT := iter_160.pth
 
 demo-data: install
 	$(PY) tools/generate_synthetic_data.py all --out data/synthetic --size 128 160
 
 demo: demo-data
 	$(MIM) train mmdet configs/detection/$(DET_DEMO).py --work-dir work_dirs/$(DET_DEMO)
-	$(MIM) test mmdet configs/detection/$(DET_DEMO).py --checkpoint work_dirs/$(DET_DEMO)/epoch_6.pth \
+	$(MIM) test mmdet configs/detection/$(DET_DEMO).py --checkpoint work_dirs/$(DET_DEMO)/$(DET_DEMO_CKPT) \
 	  --work-dir work_dirs/$(DET_DEMO)/test --show-dir predictions
 	$(PY) tools/analysis/plot_training.py work_dirs/$(DET_DEMO)
 	$(MIM) train mmseg configs/segmentation/$(SEG_DEMO).py --work-dir work_dirs/$(SEG_DEMO)
-	$(MIM) test mmseg configs/segmentation/$(SEG_DEMO).py --checkpoint work_dirs/$(SEG_DEMO)/iter_300.pth \
+	$(MIM) test mmseg configs/segmentation/$(SEG_DEMO).py --checkpoint work_dirs/$(SEG_DEMO)/$(SEG_DEMO_CKPT) \
 	  --work-dir work_dirs/$(SEG_DEMO)/test --show-dir work_dirs/$(SEG_DEMO)/test/predictions
 	$(PY) tools/analysis/plot_training.py work_dirs/$(SEG_DEMO)
 	@echo "demo done: see work_dirs/$(DET_DEMO) and work_dirs/$(SEG_DEMO) (training_curves.png, pictures under test/)"

@@ -31,9 +31,12 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# Loading these small images takes milliseconds: worker processes would only compete with training for
+# the two cores.
 train_dataloader = dict(
     batch_size=4,
-    num_workers=2,
+    num_workers=0,
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -43,7 +46,8 @@ train_dataloader = dict(
         pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1,
-    num_workers=2,
+    num_workers=0,
+    persistent_workers=False,
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -54,13 +58,17 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 # A short schedule from scratch: a higher AdamW lr than fine-tuning uses, warmup, then poly decay.
-max_iters = 300
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=150)
-optim_wrapper = dict(optimizer=dict(lr=4e-4))
+# fused=True: torch's one-kernel AdamW step, 4x faster than the per-parameter loop on CPU.
+max_iters = 160
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=80)
+optim_wrapper = dict(optimizer=dict(lr=4e-4, fused=True))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=30, end=max_iters, by_epoch=False),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=20, end=max_iters, by_epoch=False),
 ]
+# Pictures of predictions drawn on the image enlarged 3x (mmdavit/visualization.py): at the demo's
+# 160x128 the labels cannot be read.
+visualizer = dict(type='mmdavit.EnlargedSegLocalVisualizer', scale=3)
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1),

@@ -94,7 +94,10 @@ def test_test_evaluates_the_checkpoint_with_mmdet_outputs(trained, coco_root, tm
     # mmdet's own test.py ran: its DumpDetResults pickle (mmseg would want a folder) and its show-dir hook.
     with open(predictions, 'rb') as f:
         assert len(pickle.load(f)) == 2
-    assert len(list(tmp_path.glob('*/pictures/*.png'))) == 2
+    pictures = list(tmp_path.glob('*/pictures/*.png'))
+    assert len(pictures) == 2
+    # Drawn on the 160x128 image enlarged (the demo config's visualizer), so that labels can be read.
+    assert all(min(cv2.imread(str(picture)).shape[:2]) >= 384 for picture in pictures)
     metrics = json.loads(next(tmp_path.glob('*/*.json')).read_text().splitlines()[-1])
     assert 'coco/bbox_mAP' in metrics and 'coco/segm_mAP' in metrics
 
@@ -118,9 +121,11 @@ def test_infer_writes_a_picture(trained, coco_root, tmp_path):
                   '--out-dir', tmp_path / 'out', '--score-thr', '0'], cwd=tmp_path)
     picture = tmp_path / 'out' / 'vis' / image.name
     assert f'{image} -> {picture}' in result.stdout
+    # The demo config's visualizer draws on the image enlarged 3x, so that labels can be read.
     drawn, original = cv2.imread(str(picture)), cv2.imread(str(image))
-    assert drawn is not None and drawn.shape == original.shape
-    assert (drawn != original).any(), 'no prediction drawn at --score-thr 0'
+    enlarged = cv2.resize(original, None, fx=3, fy=3, interpolation=cv2.INTER_LINEAR)
+    assert drawn is not None and drawn.shape == enlarged.shape
+    assert (drawn != enlarged).any(), 'no prediction drawn at --score-thr 0'
     assert 'LocalVisBackend' not in result.stdout + result.stderr
 
 
@@ -156,7 +161,7 @@ def test_infer_goes_on_after_an_image_it_cannot_draw(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert f'{normal} -> {tmp_path / "out" / "vis" / "normal.png"}' in result.stdout, output[-2000:]
-    assert cv2.imread(str(tmp_path / 'out' / 'vis' / 'normal.png')).shape == (96, 128, 3)
+    assert cv2.imread(str(tmp_path / 'out' / 'vis' / 'normal.png')).shape == (3 * 96, 3 * 128, 3)  # enlarged 3x
     assert 'LocalVisBackend' not in output
     assert result.returncode == 1 and 'Traceback' not in result.stderr, output[-2000:]
     assert f"error: {tiny}: ValueError: a single-pixel image, which mmseg's visualizer cannot draw" in result.stderr
