@@ -62,7 +62,8 @@ def test_pretrained_by_name_offline_says_how_to_place_the_file(tmp_path, monkeyp
     overrides = tmp_path / 'overrides.py'
     overrides.write_text(detection_overrides(data['coco']))
     cfg.merge_from_dict(Config.fromfile(str(overrides)).to_dict())
-    cfg.model.backbone.init_cfg = Config.fromfile(str(CONFIGS / 'detection/maskrcnn_davit_t.py')).model.backbone.init_cfg
+    paper = Config.fromfile(str(CONFIGS / 'detection/maskrcnn_davit_t.py'))
+    cfg.model.backbone.init_cfg = paper.model.backbone.init_cfg  # weights by name
     runner = build_runner(cfg, tmp_path / 'work')
     with pytest.raises(FileNotFoundError) as info:
         runner.train()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmdavit.models import DaViT, checkpoints, convert_state_dict, detect_format, load_pretrained
-from tests.models.reference import perturb_, timm_davit, timm_to_official
+from tests.models.reference import perturb_, timm_davit, timm_davit_fl, timm_to_official
 from tests.models.test_equivalence import reference_features
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,9 +190,10 @@ def timm_to_vlm(state: dict, sublayers: dict, conv: str, prefix: str, others: li
         key = re.sub(r'^stem\.(conv|norm)\.', lambda m: f'convs.0.{conv if m[1] == "conv" else "norm"}.', key)
         key = re.sub(r'^stages\.(\d+)\.downsample\.(conv|norm)\.',
                      lambda m: f'convs.{m[1]}.{conv if m[2] == "conv" else "norm"}.', key)
-        block = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.([01])\.(.*)$', key)
-        if block:
-            kind, attn = ('spatial_block', 'window_attn') if block[3] == '0' else ('channel_block', 'channel_attn')
+        block = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.([01]|spatial_block|channel_block)\.(.*)$', key)
+        if block:  # classic timm numbers the two blocks of a layer, davit_*_fl names them
+            spatial = block[3] in ('0', 'spatial_block')
+            kind, attn = ('spatial_block', 'window_attn') if spatial else ('channel_block', 'channel_attn')
             rest = block[4]
             for name, new in sublayers.items():
                 if rest.startswith(name + '.'):
@@ -372,3 +373,30 @@ def test_converter_cli_errors_in_one_line(tmp_path, florence2_vlm, problem):
     expected = {'directory': 'is a directory, not a file', 'missing': 'not found',
                 'destination directory': 'is a directory, not a file'}[problem]
     assert expected in result.stderr
+
+
+# A narrow Florence-2 tower: florence2-base's switches (3x3 overlapping downsample, channel attention v2, window 12).
+NARROW_FL = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=12, downsample='overlap',
+                 channel_attention='v2')
+
+
+@pytest.fixture(scope='module')
+def narrow_timm_fl():
+    return timm_davit_fl('davit_base_fl', embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+
+
+@pytest.mark.parametrize('written_as', ['timm davit_*_fl', 'florence2 VLM', 'florence2-transformers'])
+def test_florence2_tower_from_each_format_matches_timm_fl(tmp_path, narrow_timm_fl, written_as):
+    state = narrow_timm_fl.state_dict()
+    assert any('.spatial_block.' in k for k in state)  # timm's _fl towers name their blocks
+    if written_as == 'florence2 VLM':
+        state = timm_to_vlm(state, FLORENCE2_SUBLAYERS, 'proj', 'vision_tower.', FLORENCE2_OTHERS)
+    elif written_as == 'florence2-transformers':
+        state = timm_to_vlm(state, TRANSFORMERS_SUBLAYERS, 'conv', 'model.vision_tower.', TRANSFORMERS_OTHERS)
+    path = save({k: v.contiguous() for k, v in state.items()}, tmp_path / 'model.safetensors')
+    model = DaViT(arch=dict(NARROW_FL), drop_path_rate=0.0)
+    report = load_pretrained(model, str(path))
+    assert report.format == {'timm davit_*_fl': 'timm', 'florence2 VLM': 'florence2'}.get(written_as, written_as)
+    assert report.fresh == OUTPUT_NORMS and report.missing == []
+    assert model.stages[1].downsample.conv.weight.shape[2:] == (3, 3)
+    assert_matches_timm(model, narrow_timm_fl)

@@ -62,7 +62,8 @@ class Detector(BaseModel):
         return self.neck(self.backbone(inputs)[-1])
 
 
-runner = RUNNERS.get('DaViTRunner')(model=Detector(), work_dir=f'{out}/work', load_from='hf-hub://someone/detector-test')
+runner = RUNNERS.get('DaViTRunner')(model=Detector(), work_dir=f'{out}/work',
+                                    load_from='hf-hub://someone/detector-test')
 runner.load_or_resume()
 torch.save(runner.model.state_dict(), f'{out}/load_from.pth')
 

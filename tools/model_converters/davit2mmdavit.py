@@ -2,7 +2,7 @@
 """Convert a DaViT checkpoint in any supported format (official, timm, mmpretrain, Florence-2) to mmdavit keys.
 
     python tools/model_converters/davit2mmdavit.py davit_tiny_official.pth checkpoints/davit_t.pth
-    python tools/model_converters/davit2mmdavit.py hf-hub://microsoft/Florence-2-base checkpoints/florence2_base.safetensors
+    python tools/model_converters/davit2mmdavit.py hf-hub://microsoft/Florence-2-base checkpoints/fl2_b.safetensors
 
 SRC is a .pth / .pt / .bin or .safetensors file, a sharded checkpoint's *.index.json, or an hf-hub:// name;
 of a whole-model checkpoint (detector, Florence-2 VLM) only the backbone's tensors are read and written. DST
