@@ -71,6 +71,11 @@ try:
     backbone('hf-hub://nobody/absent')
 except Exception as error:
     result['missing'] = [type(error).__name__, str(error)]
+try:
+    RUNNERS.get('DaViTRunner')(model=Detector(), work_dir=f'{out}/work2',
+                               load_from='hf-hub://nobody/absent/epoch_12.pth').load_or_resume()
+except Exception as error:
+    result['missing_load_from'] = [type(error).__name__, str(error)]
 print('RESULT ' + json.dumps(result))
 '''
 
@@ -174,6 +179,13 @@ def test_offline_and_not_cached_says_how_to_place_the_file(hub_run):
                               f'Face cache ({hub_run["hf_home"] / "hub"}) and downloads are off (HF_HUB_OFFLINE=1)')
     assert '`hf download nobody/absent model.safetensors --local-dir checkpoints/absent`' in message
     assert "checkpoint='checkpoints/absent/model.safetensors'" in message
+
+
+def test_load_from_offline_and_not_cached_says_how_to_place_the_file(hub_run):
+    _, message = hub_run['result']['missing_load_from']
+    assert ('hf-hub://nobody/absent/epoch_12.pth: epoch_12.pth of nobody/absent is not in the Hugging Face cache'
+            in message)
+    assert '`hf download nobody/absent epoch_12.pth --local-dir checkpoints/absent`' in message
 
 
 @pytest.mark.parametrize('name,expected', [
