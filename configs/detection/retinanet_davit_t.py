@@ -8,7 +8,7 @@ _base_ = [
 custom_imports = dict(imports=['mmdavit'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
 
-pretrained = 'checkpoints/davit_t.pth'
+pretrained = 'hf-hub://timm/davit_tiny.msft_in1k'
 model = dict(
     backbone=dict(
         _delete_=True,

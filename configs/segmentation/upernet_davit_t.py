@@ -10,7 +10,7 @@ custom_imports = dict(imports=['mmdavit'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
 
 crop_size = (512, 512)
-pretrained = 'checkpoints/davit_t.pth'
+pretrained = 'hf-hub://timm/davit_tiny.msft_in1k'
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
