@@ -8,6 +8,7 @@ from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import Registry
 
@@ -19,4 +20,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     locations=['mmdavit.engine'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmdavit', locations=['mmdavit.engine'])
 RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='mmdavit', locations=['mmdavit.engine'])
+STRATEGIES = Registry('strategy', parent=MMENGINE_STRATEGIES, scope='mmdavit', locations=['mmdavit.engine'])
 VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS, scope='mmdavit', locations=['mmdavit.visualization'])

@@ -4,6 +4,8 @@
   (registered in mmdavit's registries and, under the same plain names, in mmengine's roots).
 * ``runner.py``: ``DaViTRunner`` (configs' ``runner_type``), built from ``checkpointing.py`` (atomic
   checkpoints, clear loading errors), ``loops.py`` (exact resume) and ``cpu_amp.py`` (``--amp`` on the CPU).
+* ``strategies.py``: sharded training (FSDP) through ``FlexibleRunner``: ``DaViTFSDPStrategy`` and
+  ``DaViTFlexibleRunner`` (configs' ``strategy`` / ``runner_type``), with the same guarantees.
 """
 from .checkpointing import AtomicCheckpointHook
 from .cpu_amp import CPUAmpOptimWrapper
@@ -11,6 +13,8 @@ from .hooks import LayerDecayLRHook
 from .layer_decay import DaViTLayerDecayOptimWrapperConstructor
 from .loops import ResumableEpochBasedTrainLoop, ResumableIterBasedTrainLoop
 from .runner import DaViTRunner
+from .strategies import DaViTFlexibleRunner, DaViTFSDPStrategy
 
-__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'DaViTLayerDecayOptimWrapperConstructor', 'DaViTRunner',
+__all__ = ['AtomicCheckpointHook', 'CPUAmpOptimWrapper', 'DaViTFlexibleRunner', 'DaViTFSDPStrategy',
+           'DaViTLayerDecayOptimWrapperConstructor', 'DaViTRunner',
            'LayerDecayLRHook', 'ResumableEpochBasedTrainLoop', 'ResumableIterBasedTrainLoop']
