@@ -6,6 +6,8 @@
 _base_ = 'mmpretrain::davit/davit-base_4xb256_in1k.py'
 custom_imports = dict(imports=['mmdavit', 'mmdavit.models.cls_head'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
+# mmengine's CheckpointHook in a crash-safe order: new checkpoint, then last_checkpoint, then delete old ones
+default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))
 
 # The official head averages the last stage's *un-normalised* tokens, then LayerNorm, then Linear: a backbone
 # without per-token output norms, no pooling neck, and DaViTClsHead (mmdavit/models/cls_head.py).

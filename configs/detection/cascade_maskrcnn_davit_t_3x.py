@@ -13,6 +13,8 @@
 _base_ = 'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
 custom_imports = dict(imports=['mmdavit'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
+# mmengine's CheckpointHook in a crash-safe order: new checkpoint, then last_checkpoint, then delete old ones
+default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))
 
 # Official, timm or mmpretrain DaViT weights all load (converted on the fly); see README.
 pretrained = 'checkpoints/davit_t.pth'

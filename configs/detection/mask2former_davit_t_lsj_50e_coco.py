@@ -12,6 +12,8 @@
 _base_ = 'mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py'
 custom_imports = dict(imports=['mmdavit'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
+# mmengine's CheckpointHook in a crash-safe order: new checkpoint, then last_checkpoint, then delete old ones
+default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))
 
 # Official, timm or mmpretrain DaViT weights all load (converted on the fly); see README.
 pretrained = 'checkpoints/davit_t.pth'

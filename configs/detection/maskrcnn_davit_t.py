@@ -8,6 +8,8 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmdavit'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
+# mmengine's CheckpointHook in a crash-safe order: new checkpoint, then last_checkpoint, then delete old ones
+default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))
 
 # The official ImageNet-1k weights by name (timm's hub copy, cached by huggingface_hub); a local file in any
 # format works too (--cfg-options model.backbone.init_cfg.checkpoint=PATH): docs/checkpoint-formats.md.

@@ -8,6 +8,8 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmdavit'], allow_failed_imports=False)
 runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation hints on missing data
+# mmengine's CheckpointHook in a crash-safe order: new checkpoint, then last_checkpoint, then delete old ones
+default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))
 
 crop_size = (512, 512)
 pretrained = 'hf-hub://timm/davit_tiny.msft_in1k'

@@ -1,7 +1,8 @@
 """Training machinery.
 
 * ``layer_decay.py``, ``hooks.py``: the layer-wise LR decay constructor and the hook that checks and logs it
-  (registered in mmdavit's registries and, under the same plain names, in mmengine's roots).
+  (registered in mmdavit's registries only: configs name them ``mmdavit.<Name>``, which resolves from any
+  default scope).
 * ``runner.py``: ``DaViTRunner`` (configs' ``runner_type``), built from ``checkpointing.py`` (atomic
   checkpoints, clear loading errors), ``loops.py`` (exact resume) and ``cpu_amp.py`` (``--amp`` on the CPU).
 * ``strategies.py``: sharded training (FSDP) through ``FlexibleRunner``: ``DaViTFSDPStrategy`` and

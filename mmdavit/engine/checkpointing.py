@@ -1,19 +1,25 @@
 """Checkpoint files that are never half-written, and checkpoint loading errors that name the cause.
 
-A checkpoint is written to ``.NAME.partial`` in the same folder and renamed onto ``NAME`` only once complete
-(``os.replace``); ``last_checkpoint`` is replaced the same way, and outdated checkpoints (``max_keep_ckpts``)
-are deleted only after the new one is in place. mmengine writes in place and deletes the oldest checkpoint
-*before* writing the new one.
+A checkpoint is written to ``.NAME.partial`` in the folder it goes to and renamed onto ``NAME`` only once
+complete (``os.replace``); with :class:`AtomicCheckpointHook`, ``last_checkpoint`` is replaced the same way
+and outdated checkpoints (``max_keep_ckpts``) are deleted only after the new one is in place. mmengine's
+``CheckpointHook`` writes in place and deletes the oldest checkpoint *before* writing the new one.
+
+Loading checks what the user asked for: ``load_from`` must give this model's backbone most of its weights
+(or set ``load_from_skip_backbone=True`` to load only neck and heads), ``resume`` needs a checkpoint of this
+very model, and errors for missing, unreadable or foreign files speak of the one the user named.
 """
+import glob
+import math
 import os
 import os.path as osp
 import re
+from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Callable, Iterator, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from mmengine.dist import is_main_process
-from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner.checkpoint import _load_checkpoint
 
@@ -65,15 +71,21 @@ def write_text_atomically(path: str, text: str) -> None:
 
 
 def is_local(path: str) -> bool:
-    return isinstance(get_file_backend(path), LocalBackend)
+    """mmengine's own rule (``fileio.io._parse_uri_prefix``): a path without ``scheme://`` is a local file.
+    Anything else (``http://``, ``s3://``, ``hf-hub://``, ``open-mmlab://`` ...) is for mmengine's storage
+    backends and ``CheckpointLoader`` schemes to resolve, not for local-file checks."""
+    return '://' not in str(path)
 
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` in a crash-safe order: write the new checkpoint (atomically, see
     :meth:`DaViTRunner.save_checkpoint`), then point ``last_checkpoint`` at it (atomically), then delete the
-    checkpoints beyond ``max_keep_ckpts``. ``DaViTRunner`` uses it wherever a config asks for
-    ``CheckpointHook``."""
+    checkpoints beyond ``max_keep_ckpts``. Our configs name it in ``default_hooks.checkpoint``; it takes
+    ``CheckpointHook``'s arguments.
+
+    Its ``_save_checkpoint_with_step`` is mmengine 0.10.7's, reordered: ``tests/engine/test_upstream_copies.py``
+    fails when the installed mmengine's version changes."""
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         outdated = []
@@ -100,41 +112,174 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(path)
 
 
-def read_checkpoint_file(filename: str, map_location: Union[str, Callable]) -> dict:
-    """mmengine's ``_load_checkpoint`` with errors that name the file and the likely cause."""
+# What the user did, for messages that fit it: `load_from=PATH` (resume=False), `--resume PATH`
+# (resume=True, load_from=PATH), or `--resume` / resume=True alone (the path comes from last_checkpoint).
+LOAD_FROM, RESUME, AUTO_RESUME = 'load_from', 'resume', 'auto_resume'
+SKIP_BACKBONE_KEY = 'load_from_skip_backbone'  # config key: load_from loads neck and heads only
+# load_from must give the backbone at least this share of its weights (elements matching by name and shape);
+# a checkpoint of another backbone that happens to share a few names (Swin's norm0..3) gives ~0.
+MIN_BACKBONE_SHARE = 0.5
+BACKBONE_PREFIX = 'backbone.'
+
+
+def check_local_file(filename: str, origin: str, work_dir: Optional[str] = None) -> None:
+    """Raise for a local checkpoint path that is missing or a folder, in the words of what the user did."""
+    if osp.isdir(filename):
+        found = sorted(glob.glob(osp.join(filename, '*.pth')), key=osp.getmtime)[-3:]
+        inside = f'it holds {", ".join(map(osp.basename, found))}' if found else 'it holds no .pth file'
+        what = 'load_from' if origin == LOAD_FROM else 'The checkpoint to resume from,'
+        raise IsADirectoryError(f'{what} {filename} is a folder, not a checkpoint file ({inside}): give the '
+                                'path of the .pth file')
+    if osp.exists(filename):
+        return
+    where = '' if osp.isabs(filename) else f' (relative to {os.getcwd()})'
+    if origin == LOAD_FROM:
+        raise FileNotFoundError(f'load_from checkpoint not found: {filename}{where}')
+    if origin == RESUME:
+        raise FileNotFoundError(f'Checkpoint to resume from not found: {filename}{where}')
+    pointer = osp.join(work_dir or '.', 'last_checkpoint')
+    raise FileNotFoundError(f'Checkpoint to resume from not found: {filename}, named by {pointer} (moved or '
+                            'deleted?). Resume from an existing checkpoint with --resume PATH (resume=True, '
+                            'load_from=PATH), or delete last_checkpoint to start a new run in this work dir')
+
+
+def read_checkpoint_file(filename: str, map_location: Union[str, Callable], origin: str = LOAD_FROM,
+                         work_dir: Optional[str] = None) -> dict:
+    """mmengine's ``_load_checkpoint`` with errors that name the file, the likely cause and a fix that fits
+    ``origin`` (``LOAD_FROM``, ``RESUME`` or ``AUTO_RESUME``). URLs and other schemes go to mmengine's
+    ``CheckpointLoader`` unchecked."""
+    if is_local(filename):
+        check_local_file(filename, origin, work_dir)
     try:
         checkpoint = _load_checkpoint(filename, map_location=map_location)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f'Checkpoint not found: {filename} (resume=True without load_from reads the path '
-                                'from WORK_DIR/last_checkpoint)') from error
     except Exception as error:  # torch raises zip, pickle, EOF and runtime errors for bad files
         lines = str(error).splitlines()
         detail = next((line.strip() for line in lines if 'Unsupported global' in line), lines[0] if lines else '')
-        raise ValueError(f'Could not read checkpoint {filename} ({type(error).__name__}: {detail}). Is the file '
-                         'complete (an interrupted copy or download?) and saved by torch.save? When resuming, '
-                         'point --resume at the previous checkpoint') from error
+        if not is_local(filename):
+            advice = 'Is the address right and reachable, and does it hold a torch.save checkpoint?'
+        elif origin == LOAD_FROM:
+            advice = 'Is the file complete (an interrupted copy or download?) and saved by torch.save?'
+        else:
+            advice = ('Is the file complete and saved by torch.save? To resume anyway, point --resume at an '
+                      "earlier checkpoint of the run (resume=True, load_from=PATH)")
+        raise ValueError(f'Could not read checkpoint {filename} ({type(error).__name__}: {detail}). '
+                         f'{advice}') from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f'Checkpoint {filename} holds a {type(checkpoint).__name__}, not a dict of tensors '
                          '(saved with torch.save(model) instead of a state dict?)')
     return checkpoint
 
 
-def check_same_model(model: torch.nn.Module, checkpoint: dict, filename: str, revise_keys: list) -> None:
-    """Raise when a checkpoint shares no parameter with ``model``, or carries a backbone none of whose keys
-    are ours: that is a checkpoint of another model, which mmengine would load as nothing, with a warning."""
+def checkpoint_shapes(checkpoint: dict, revise_keys: list) -> Dict[str, Optional[torch.Size]]:
+    """Parameter name (after ``revise_keys``, as mmengine loads it) -> shape, of a checkpoint's weights."""
     state_dict = checkpoint.get('state_dict', checkpoint)
-    keys = list(state_dict) if isinstance(state_dict, dict) else []
-    for pattern, replacement in revise_keys:
-        keys = [re.sub(pattern, replacement, k) for k in keys]
-    own = set(model.state_dict())
-    shown = ', '.join(keys[:5]) or '(no keys)'
-    if not own.intersection(keys):
+    shapes = {}
+    for key, value in (state_dict.items() if isinstance(state_dict, dict) else []):
+        for pattern, replacement in revise_keys:
+            key = re.sub(pattern, replacement, key)
+        shapes[key] = getattr(value, 'shape', None)
+    return shapes
+
+
+def _examples(names, count: int = 3) -> str:
+    names = list(names)
+    return ', '.join(names[:count]) + (', ...' if len(names) > count else '')
+
+
+def check_same_model(model: torch.nn.Module, checkpoint: dict, filename: str, revise_keys: list,
+                     skip_backbone: bool = False) -> None:
+    """Raise when ``load_from`` would load (almost) nothing of ``model``: no shared parameter at all, or less
+    than ``MIN_BACKBONE_SHARE`` of the backbone's weights (by element count, names *and* shapes matching) —
+    a checkpoint of another model or backbone, which mmengine would load partly, with a warning.
+    ``skip_backbone`` (``load_from_skip_backbone=True``) waives the backbone check."""
+    theirs = checkpoint_shapes(checkpoint, revise_keys)
+    own = model.state_dict()
+    if not set(own).intersection(theirs):
         raise ValueError(f'Checkpoint {filename} shares no parameter with this {type(model).__name__} (its keys: '
-                         f'{shown}, ...): is it a checkpoint of another model? Backbone-only weights (official, '
-                         'timm or mmpretrain DaViT) go in model.backbone.init_cfg=dict(type="Pretrained", '
-                         'checkpoint=...), not load_from')
-    backbone_keys = [k for k in keys if k.startswith('backbone.')]
-    if backbone_keys and any(k.startswith('backbone.') for k in own) and not own.intersection(backbone_keys):
-        raise ValueError(f'Checkpoint {filename} has a backbone none of whose parameters this model has (e.g. '
-                         f'{", ".join(backbone_keys[:3])}): it was trained with another backbone. Use a '
-                         'checkpoint of this config, or load only the backbone via model.backbone.init_cfg')
+                         f'{_examples(theirs, 5) or "(no keys)"}): is it a checkpoint of another model? '
+                         'Backbone-only weights (official, timm or mmpretrain DaViT) go in '
+                         'model.backbone.init_cfg=dict(type="Pretrained", checkpoint=...), not load_from')
+    backbone = {k: v for k, v in own.items() if k.startswith(BACKBONE_PREFIX)}
+    total = sum(v.numel() for v in backbone.values())
+    if skip_backbone or total == 0:
+        return
+    loads = [k for k, v in backbone.items() if theirs.get(k) == v.shape]
+    share = sum(backbone[k].numel() for k in loads) / total
+    if share >= MIN_BACKBONE_SHARE:
+        return
+    their_backbone = [k for k in theirs if k.startswith(BACKBONE_PREFIX)]
+    shape_differs = [k for k in backbone if k in theirs and k not in loads]
+    found = (f'its backbone keys: {_examples(their_backbone)}' if their_backbone else 'it has no backbone.* keys')
+    if shape_differs:
+        found += f'; same name, other shape: {_examples(shape_differs)}'
+    raise ValueError(f'Checkpoint {filename} would load only {share:.1%} of the weights of this model\'s '
+                     f'{type(model.backbone).__name__} backbone ({len(loads)} of {len(backbone)} tensors match '
+                     f'by name and shape; {found}): it was trained with another backbone. Use a checkpoint of '
+                     'this model; put backbone-only weights in model.backbone.init_cfg; or, to load only the '
+                     f'neck and heads from it, set {SKIP_BACKBONE_KEY}=True in the config (the backbone then '
+                     'keeps its init_cfg weights)')
+
+
+def without_backbone(checkpoint: dict, revise_keys: list) -> Tuple[dict, int]:
+    """The checkpoint without its backbone weights (for ``load_from_skip_backbone``), and how many it held."""
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    names = list(checkpoint_shapes({'state_dict': state_dict}, revise_keys))
+    kept = OrderedDict((key, state_dict[key]) for key, name in zip(state_dict, names)
+                       if not name.startswith(BACKBONE_PREFIX))
+    kept._metadata = getattr(state_dict, '_metadata', OrderedDict())  # norm layers' versions, as torch keeps
+    return dict(checkpoint, state_dict=kept), len(state_dict) - len(kept)
+
+
+def check_resumable(model: torch.nn.Module, checkpoint: dict, filename: str, revise_keys: list) -> None:
+    """Raise unless the checkpoint holds exactly this model's parameters (names and shapes): resuming a
+    checkpoint of another model would load it partly and then fail in torch with a param-group-size error."""
+    theirs = checkpoint_shapes(checkpoint, revise_keys)
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    reshaped = [f'{k} {tuple(theirs[k])} vs {tuple(own[k])}' for k in own if k in theirs and theirs[k] != own[k]]
+    if not (missing or unexpected or reshaped):
+        return
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} of this {type(model).__name__}\'s {len(own)} parameters are not in it '
+                        f'({_examples(missing)})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} of its parameters are not in this model ({_examples(unexpected)})')
+    if reshaped:
+        problems.append(f'{len(reshaped)} have another shape (checkpoint vs model: {_examples(reshaped, 2)})')
+    raise ValueError(f'Cannot resume from {filename}: it is a checkpoint of another model ({"; ".join(problems)}). '
+                     'Resuming continues a run of this same config; resume from a checkpoint of it, or start a '
+                     'new run from these weights with load_from=PATH and resume=False')
+
+
+# Optimizer settings that are bookkeeping, not hyper-parameters a user sets
+OPTIMIZER_BOOKKEEPING = ('params', 'param_names', 'lr', 'initial_lr', 'group_name', 'layer_id', 'lr_scale')
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _base_settings(optimizer_state: dict) -> dict:
+    """The settings the optimizer was built with: mmengine keeps them as ``base_param_settings`` when there
+    are several param groups; the lr before any schedule is ``initial_lr``."""
+    settings = optimizer_state.get('base_param_settings') or (optimizer_state.get('param_groups') or [{}])[0]
+    settings = dict(settings)
+    settings['lr'] = settings.get('initial_lr', settings.get('lr'))
+    return settings
+
+
+def optimizer_overrides(configured: dict, checkpointed: dict) -> List[Tuple[str, object, object]]:
+    """``(name, config value, checkpoint value)`` of each optimizer hyper-parameter the checkpoint's state
+    replaces on resume (its lr before scheduling, weight_decay, betas, momentum, ...)."""
+    config, checkpoint = _base_settings(configured), _base_settings(checkpointed)
+    names = ['lr'] + sorted(k for k in config if k in checkpoint and k not in OPTIMIZER_BOOKKEEPING)
+    return [(k, config[k], checkpoint[k]) for k in names if k in config and k in checkpoint
+            and not _same(config[k], checkpoint[k])]

@@ -6,7 +6,6 @@ from typing import Dict, List, Optional
 from mmengine.hooks import Hook, LoggerHook
 from mmengine.logging import print_log
 from mmengine.optim import OptimWrapperDict
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
 
 from mmdavit.engine.layer_decay import layer_name
 from mmdavit.registry import HOOKS
@@ -19,18 +18,24 @@ class LayerDecayLRHook(Hook):
     At ``before_train`` it raises when
 
     - a param group has no ``layer_id`` / ``lr_scale`` (the config forgot
-      ``constructor='DaViTLayerDecayOptimWrapperConstructor'``, so every layer trains at one lr);
+      ``constructor='mmdavit.DaViTLayerDecayOptimWrapperConstructor'``, so every layer trains at one lr);
     - ``lr_scale`` differs within a layer id or decreases from one layer id to the next;
     - the groups of a resumed checkpoint differ from those the config builds (torch keeps the checkpoint's
       ``lr`` and ``lr_scale``, so a changed ``decay_rate`` would be ignored silently);
 
     and warns when an lr scheduler has an absolute ``eta_min > 0``, which every group approaches at the end
-    of the schedule, flattening the decay. Then, at the logger interval, it records ``layer_{i}_lr`` for each
-    layer id and ``head_lr`` for the top one (the lr before any custom ``lr_mult``), so they appear in the
-    text log, ``vis_data/scalars.json`` and every visualizer backend. The names end in ``lr`` because the
-    log processor prints only such keys in scientific notation (others get 4 decimals: 6e-05 -> 0.0001).
+    of the schedule, flattening the decay. At ``before_train`` and after every iteration (until it has
+    warned once) it checks the decay itself: ``lr / (lr_scale * lr_mult)`` must be one value, the scheduled
+    base lr, across all groups (and groups with ``lr_mult=0`` must stay at lr 0); schedulers that set absolute
+    learning rates (``OneCycleLR(eta_max=...)``, ``ReduceOnPlateauLR(min_value=...)``) break that, and the
+    warning names them. Then, at the logger interval, it records ``layer_{i}_lr`` for each layer id and
+    ``head_lr`` for the top one (the lr before any custom ``lr_mult``; 0 for a layer that ``lr_mult=0``
+    freezes entirely), so they appear in the text log, ``vis_data/scalars.json`` and every visualizer
+    backend. The names end in ``lr`` because the log processor prints only such keys in scientific notation
+    (others get 4 decimals: 6e-05 -> 0.0001).
 
-    Works with the groups of mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` too.
+    It needs the ``lr_scale`` each group of ``DaViTLayerDecayOptimWrapperConstructor`` carries (mmpretrain's
+    ``LearningRateDecayOptimWrapperConstructor`` records only ``layer_id``: the hook refuses its groups).
 
     Args:
         interval (int, optional): Record every ``interval`` iterations (and at the end of each epoch).
@@ -38,7 +43,7 @@ class LayerDecayLRHook(Hook):
 
     Example:
         >>> custom_imports = dict(imports=['mmdavit'])
-        >>> custom_hooks = [dict(type='LayerDecayLRHook')]
+        >>> custom_hooks = [dict(type='mmdavit.LayerDecayLRHook')]
         >>> # Iter(train) [ 50/1000]  base_lr: 1.0000e-04 lr: 4.7830e-05  layer_0_lr: 4.7830e-05 ...
         >>> #     layer_6_lr: 9.0000e-05  head_lr: 1.0000e-04  eta: ...
     """
@@ -51,6 +56,7 @@ class LayerDecayLRHook(Hook):
         if interval is not None and (not isinstance(interval, int) or interval <= 0):
             raise ValueError(f'LayerDecayLRHook interval must be a positive int or None, got {interval!r}')
         self.interval = interval
+        self.warned_ratios = False
 
     def before_train(self, runner) -> None:
         if isinstance(runner.optim_wrapper, OptimWrapperDict):
@@ -60,6 +66,7 @@ class LayerDecayLRHook(Hook):
         scales = check_layer_groups(groups)
         check_resumed_groups(groups, getattr(runner.optim_wrapper, 'layer_decay_groups', None))
         warn_absolute_eta_min(runner.param_schedulers)
+        self._check_ratios(runner, groups)
         if self.interval is None:
             self.interval = next((hook.interval for hook in runner.hooks if isinstance(hook, LoggerHook)), 10)
         bottom, top = min(scales), max(scales)
@@ -69,11 +76,22 @@ class LayerDecayLRHook(Hook):
                   logger='current')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._check_ratios(runner, runner.optim_wrapper.optimizer.param_groups)
         if not (self.every_n_inner_iters(batch_idx, self.interval)
                 or self.end_of_epoch(runner.train_dataloader, batch_idx)):
             return
         for name, lr in layer_lrs(runner.optim_wrapper.optimizer.param_groups).items():
             runner.message_hub.update_scalar(f'train/{name}_lr', lr)
+
+    def _check_ratios(self, runner, groups: List[dict]) -> None:
+        """Warn once when the groups' learning rates stopped following the layer decay."""
+        if self.warned_ratios:
+            return
+        problem = decay_ratio_problem(groups)
+        if problem:
+            self.warned_ratios = True
+            print_log(f'LayerDecayLRHook (iteration {runner.iter}): {problem}. '
+                      f'{absolute_lr_schedulers_hint(runner)}', logger='current', level=logging.WARNING)
 
 
 def check_layer_groups(groups: List[dict]) -> Dict[int, float]:
@@ -82,7 +100,7 @@ def check_layer_groups(groups: List[dict]) -> Dict[int, float]:
     if missing:
         raise RuntimeError(f'LayerDecayLRHook: {len(missing)} of {len(groups)} optimizer param groups carry no '
                            'layer_id / lr_scale, so layer-wise LR decay is off. Set optim_wrapper.constructor='
-                           "'DaViTLayerDecayOptimWrapperConstructor' and paramwise_cfg=dict(decay_rate=...) "
+                           "'mmdavit.DaViTLayerDecayOptimWrapperConstructor' and paramwise_cfg=dict(decay_rate=...) "
                            '(with custom_imports=dict(imports=[\'mmdavit\'])), or remove this hook')
     scales: Dict[int, float] = {}
     for g in groups:
@@ -133,15 +151,54 @@ def warn_absolute_eta_min(param_schedulers) -> None:
                       'keep the per-layer ratios', logger='current', level=logging.WARNING)
 
 
+RATIO_TOLERANCE = 1e-6  # relative; chained scheduler updates drift by ~1e-16 per step
+
+
+def decay_ratio_problem(groups: List[dict]) -> str:
+    """Why the groups' lrs do not follow the decay (``lr == base * lr_scale * lr_mult`` for one ``base``), or ''."""
+    frozen_moving = [g for g in groups if g.get('lr_mult', 1.0) == 0 and g['lr'] != 0]
+    if frozen_moving:
+        g = frozen_moving[0]
+        return (f'group {g.get("group_name", g["layer_id"])} has lr_mult=0 (frozen by custom_keys) but lr '
+                f'{g["lr"]:.4g}: a scheduler set it')
+    ratios = [(g['lr'] / (g['lr_scale'] * g.get('lr_mult', 1.0)), g) for g in groups
+              if g.get('lr_mult', 1.0) != 0 and g['lr_scale'] != 0]
+    if not ratios:
+        return ''
+    (low, low_group), (high, high_group) = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])
+    if high - low <= RATIO_TOLERANCE * abs(high):
+        return ''
+    name = lambda g: g.get('group_name', f'layer {g["layer_id"]}')  # noqa: E731
+    return (f'the param groups\' learning rates no longer follow the layer-wise decay: lr / (lr_scale * lr_mult) '
+            f'should be the scheduled base lr for every group, but is {high:.4g} for {name(high_group)} and '
+            f'{low:.4g} for {name(low_group)} (layer_0_lr ... head_lr show it)')
+
+
+ABSOLUTE_LR_SCHEDULERS = ('OneCycleLR', 'ReduceOnPlateauLR')
+
+
+def absolute_lr_schedulers_hint(runner) -> str:
+    schedulers = runner.param_schedulers
+    if isinstance(schedulers, dict):
+        schedulers = [s for group in schedulers.values() for s in group]
+    found = sorted({type(s).__name__ for s in schedulers or [] if type(s).__name__ in ABSOLUTE_LR_SCHEDULERS})
+    culprit = (f'This run uses {", ".join(found)}, which sets' if found else
+               'Schedulers that set')
+    return (f'{culprit} absolute learning rates (OneCycleLR(eta_max=...) takes every group to the same lr; '
+            'ReduceOnPlateauLR(min_value=...) floors them all at one lr) and so erases the decay: use a scheduler '
+            'that scales each group\'s lr (LinearLR, MultiStepLR, PolyLR / CosineAnnealingLR with eta_min=0 or '
+            'eta_min_ratio), or give eta_max / min_value as a list with one value per param group')
+
+
 def layer_lrs(groups: List[dict]) -> Dict[str, float]:
-    """``{'layer_0': lr, ..., 'head': lr}``: each layer id's lr before custom ``lr_mult``, bottom first."""
+    """``{'layer_0': lr, ..., 'head': lr}``: each layer id's lr before custom ``lr_mult``, bottom first; 0 for a
+    layer whose groups all have ``lr_mult=0``."""
     top = max(g['layer_id'] for g in groups)
     lrs: Dict[int, float] = {}
     # groups without a custom lr_mult first: their lr is the layer's own
     for g in sorted(groups, key=lambda g: 'lr_mult' in g):
-        lrs.setdefault(g['layer_id'], g['lr'] / g.get('lr_mult', 1.0))
+        if g.get('lr_mult', 1.0) != 0:
+            lrs.setdefault(g['layer_id'], g['lr'] / g.get('lr_mult', 1.0))
+    for g in groups:
+        lrs.setdefault(g['layer_id'], 0.0)  # frozen by lr_mult=0: it trains at lr 0
     return {layer_name(layer_id, top): lrs[layer_id] for layer_id in sorted(lrs)}
-
-
-# Plain `type='LayerDecayLRHook'` from the mmdet / mmseg / mmpretrain scopes resolves in mmengine's root.
-MMENGINE_HOOKS.register_module(module=LayerDecayLRHook)

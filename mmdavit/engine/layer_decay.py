@@ -10,12 +10,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
 
 from mmdavit.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 DEPTH_METHODS = {'layer_wise': 'get_layer_depth', 'stage_wise': 'get_stage_depth'}
 PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'flat_decay_mult', 'custom_keys')
+# mmengine's per-kind rules, which this constructor replaces by flat_decay_mult and custom_keys
+MMENGINE_RULES = ('bias_lr_mult', 'bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult', 'dcn_offset_lr_mult')
+# param-group fields the constructor (and the lr schedulers) own: a custom key setting them would corrupt
+# the decay and its checks
+BOOKKEEPING_KEYS = ('params', 'group_name', 'layer_id', 'lr_scale', 'initial_lr')
 BACKBONE_PREFIX = 'backbone.'
 TOP_NAME = 'head'  # the top layer id: neck and heads
 
@@ -35,10 +39,16 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     with its stage. Every other parameter (neck, heads) gets the top id ``max_id = num_layers - 1``, so::
 
         lr = base_lr * decay_rate ** (max_id - layer_id) * lr_mult
-        weight_decay = base_wd * (flat_decay_mult if param.ndim <= 1 else 1) * decay_mult
+        weight_decay = base_wd * decay_mult                # parameter matched by a custom key
+        weight_decay = base_wd * flat_decay_mult           # other 1-D parameters (norm weights, biases)
+        weight_decay = base_wd                             # other parameters
 
-    where ``lr_mult`` / ``decay_mult`` come from the longest matching ``custom_keys`` entry (1 without
-    one). Parameters with ``requires_grad=False`` (frozen stages) are left out. Each param group carries
+    where ``lr_mult`` / ``decay_mult`` come from the longest matching ``custom_keys`` entry (1 when absent).
+    As in mmengine's ``DefaultOptimWrapperConstructor``, a custom key's ``decay_mult`` *replaces* the
+    1-D rule for the parameters it matches (``custom_keys={'.bias': dict(decay_mult=1.0)}`` turns weight
+    decay back on for biases), while its ``lr_mult`` multiplies the layer decay. ``lr_mult=0`` freezes what it
+    matches (those groups are shown with lr 0 and left out of the hook's ratio checks). Parameters with
+    ``requires_grad=False`` (frozen stages) are left out. Each param group carries
     ``group_name``, ``layer_id`` and ``lr_scale`` (the decay factor alone), which
     :class:`~mmdavit.engine.LayerDecayLRHook` checks and logs; the returned wrapper's ``layer_decay_groups``
     records what was built, for the hook's resume check. A table of the groups is logged on build.
@@ -49,18 +59,21 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         paramwise_cfg (dict): ``decay_rate`` (float in (0, 1], required); ``decay_type``
             (``'layer_wise'``, default, or ``'stage_wise'``); ``num_layers`` (int, optional: number of layer
             ids including stem and top, checked against the backbone's); ``flat_decay_mult`` (float,
-            default 0: weight-decay multiplier of norm weights, biases and other 1-D parameters);
+            default 0: weight-decay multiplier of norm weights, biases and other 1-D parameters that no
+            custom key matches);
             ``custom_keys`` (dict: substring of a parameter name -> ``dict(lr_mult=..., decay_mult=...)``
-            and any other optimizer settings, applied on top of the decay).
+            and any other optimizer settings such as ``betas``; not ``lr`` / ``weight_decay``, which would undo
+            the decay, nor the fields the constructor sets: ``params``, ``group_name``, ``layer_id``,
+            ``lr_scale``, ``initial_lr``).
 
     Example:
         >>> optim_wrapper = dict(
         ...     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-        ...     constructor='DaViTLayerDecayOptimWrapperConstructor',
+        ...     constructor='mmdavit.DaViTLayerDecayOptimWrapperConstructor',
         ...     paramwise_cfg=dict(decay_rate=0.9, decay_type='layer_wise',
         ...                        custom_keys={'rpn_head': dict(lr_mult=2.0)}))
         >>> custom_imports = dict(imports=['mmdavit'])
-        >>> custom_hooks = [dict(type='LayerDecayLRHook')]
+        >>> custom_hooks = [dict(type='mmdavit.LayerDecayLRHook')]
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
@@ -82,9 +95,13 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             raise TypeError(f'{name}: paramwise_cfg must be a dict with decay_rate, got {type(cfg).__name__}')
         unknown = sorted(set(cfg) - set(PARAMWISE_KEYS))
         if unknown:
-            raise ValueError(f'{name}: unknown paramwise_cfg keys {unknown}; it takes {list(PARAMWISE_KEYS)}. '
-                             'Norm weights and biases (all 1-D parameters) follow flat_decay_mult; use '
-                             'custom_keys=dict(name=dict(lr_mult=..., decay_mult=...)) for anything else')
+            rules = sorted(set(unknown) & set(MMENGINE_RULES))
+            hint = (f' mmengine\'s {rules} are replaced here by flat_decay_mult (weight-decay multiplier of every '
+                    '1-D parameter: norm weights and biases, default 0) and custom_keys, whose decay_mult replaces '
+                    'flat_decay_mult and whose lr_mult multiplies the layer decay for the parameters whose names '
+                    "contain the key, e.g. custom_keys={'.bias': dict(decay_mult=1.0)} or "
+                    "{'norm': dict(decay_mult=0.5)}" if rules else '')
+            raise ValueError(f'{name}: unknown paramwise_cfg keys {unknown}; it takes {list(PARAMWISE_KEYS)}.{hint}')
         if 'decay_rate' not in cfg:
             raise ValueError(f'{name}: paramwise_cfg.decay_rate is required (e.g. decay_rate=0.9); layer id i '
                              'trains at lr * decay_rate ** (max_id - i)')
@@ -105,10 +122,24 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                              f'{self.base_lr}, weight_decay={self.base_wd}); set weight_decay=0 for none')
         super()._validate_cfg()  # custom_keys is a dict
         for key, custom in cfg.get('custom_keys', {}).items():
+            if not isinstance(custom, dict):
+                raise TypeError(f'{name}: custom_keys[{key!r}] must be a dict such as dict(lr_mult=0.1), got '
+                                f'{custom!r}')
             absolute = {'lr', 'weight_decay'} & set(custom)
             if absolute:
                 raise ValueError(f'{name}: custom_keys[{key!r}] sets {sorted(absolute)} absolutely, which would '
                                  'undo the layer decay; use lr_mult / decay_mult instead')
+            reserved = sorted(set(BOOKKEEPING_KEYS) & set(custom))
+            if reserved:
+                raise ValueError(f'{name}: custom_keys[{key!r}] sets {reserved}, which the constructor sets itself '
+                                 '(layer id and lr_scale from the backbone\'s layer depth, the group name, its '
+                                 'parameters; initial_lr belongs to the lr schedulers). Use lr_mult / decay_mult '
+                                 'and optimizer settings such as betas in custom_keys')
+            for mult in ('lr_mult', 'decay_mult'):
+                value = custom.get(mult, 1.0)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError(f'{name}: custom_keys[{key!r}].{mult} must be a number >= 0 (0 freezes / '
+                                     f'disables), got {value!r}')
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
@@ -135,8 +166,10 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 num_frozen += 1
                 continue
             custom_key = next((key for key in self.sorted_custom_keys if key in name), None)
-            custom = self.custom_keys.get(custom_key, {})
-            decay_mult = (self.flat_decay_mult if param.ndim <= 1 else 1.0) * custom.get('decay_mult', 1.0)
+            if custom_key is not None:  # mmengine: a custom key's decay_mult replaces the other rules
+                decay_mult = float(self.custom_keys[custom_key].get('decay_mult', 1.0))
+            else:
+                decay_mult = self.flat_decay_mult if param.ndim <= 1 else 1.0
             group_key = (layer_ids[name], decay_mult, custom_key)
             if group_key not in groups:
                 groups[group_key] = self._new_group(layer_ids[name], max_id, decay_mult, custom_key)
@@ -152,8 +185,10 @@ class DaViTLayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         header = (f'{type(self).__name__}: {self.decay_type} decay over {num_layers} layer ids of '
                   f'{type(backbone).__name__} (0 = stem, {max_id} = {TOP_NAME}), '
                   f'lr = {self.base_lr:g} * {self.decay_rate:g} ** ({max_id} - layer_id) * lr_mult')
-        footer = f'{num_frozen} frozen tensors (requires_grad=False) left out' if num_frozen else ''
-        print_log('\n'.join(filter(None, [header, format_groups_table(ordered), footer])), logger='current')
+        frozen_by_key = sum(len(g['params']) for g in ordered if g.get('lr_mult', 1.0) == 0)
+        footer = [f'{num_frozen} frozen tensors (requires_grad=False) left out' if num_frozen else '',
+                  f'{frozen_by_key} tensors frozen by custom_keys lr_mult=0 (lr 0)' if frozen_by_key else '']
+        print_log('\n'.join(filter(None, [header, format_groups_table(ordered), *footer])), logger='current')
 
     def _layer_depth_fn(self, model: nn.Module) -> Tuple[nn.Module, Callable]:
         method = DEPTH_METHODS[self.decay_type]
@@ -215,7 +250,3 @@ def format_groups_table(groups: List[dict]) -> str:
              for row in [header, *rows]]
     return '\n'.join(lines)
 
-
-# mmdet / mmseg / mmpretrain scopes look a plain type name up in their own registry and then in mmengine's
-# root, never in a sibling such as mmdavit's: registering in the root too makes the plain name work there.
-MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=DaViTLayerDecayOptimWrapperConstructor)

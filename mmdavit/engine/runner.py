@@ -4,14 +4,18 @@ Selected in our configs by ``runner_type = 'mmdavit.DaViTRunner'``, which mmdet'
 scripts (and therefore ``tools/train.py``, ``mim train``/``mim test``) honour. On top of mmengine 0.10's
 Runner it adds:
 
-* **Atomic checkpoints** (``checkpointing.py``): a job killed at any moment leaves the previous checkpoint and
-  ``last_checkpoint`` valid.
+* **Atomic checkpoints** (``checkpointing.py``): each checkpoint file is written to a partial file and renamed
+  into place; with ``default_hooks.checkpoint=dict(type='mmdavit.AtomicCheckpointHook')`` (our configs) a job
+  killed at any moment also leaves ``last_checkpoint`` and the previous checkpoint valid.
 * **Exact resume** (``loops.py``): same iteration, data order and (single-process) random states as the
   uninterrupted run. (Dataloader workers are seeded by mmengine when they start: with
   ``persistent_workers=True`` a run resumed after its first epoch draws other augmentations than the
   uninterrupted run did; the data order is still the same.)
 * **Checkpoints that cannot be read, or belong to another model**, fail with an error naming the file and
-  the cause, instead of a pickle/zip traceback or a silently unloaded model.
+  the cause, instead of a pickle/zip traceback or a silently unloaded model: ``load_from`` must give the
+  backbone at least half of its weights (names and shapes), unless the config sets
+  ``load_from_skip_backbone=True`` to load only neck and heads; resume needs this very model's parameters.
+  A resume whose config changed the optimizer's hyper-parameters warns that the checkpoint's win.
 * **Mixed precision on CPU** (``cpu_amp.py``): ``--amp`` without a GPU runs backbone + neck in bfloat16
   autocast and the heads in float32. With a GPU nothing changes.
 * **Missing datasets** say how to prepare the data.
@@ -23,6 +27,7 @@ from mmengine.device import get_device
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper, revert_sync_batchnorm
+from mmengine.optim import OptimWrapper
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.loops import BaseLoop
@@ -30,7 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmdavit.registry import RUNNERS
-from .checkpointing import AtomicCheckpointHook, check_same_model, is_local, read_checkpoint_file, replacing
+from .checkpointing import (AUTO_RESUME, LOAD_FROM, RESUME, SKIP_BACKBONE_KEY, check_resumable, check_same_model,
+                            is_local, optimizer_overrides, read_checkpoint_file, replacing, without_backbone)
 from .cpu_amp import AMP_TYPES, CPUAmpOptimWrapper
 from .loops import RESUMABLE_LOOPS, LOOP_NAMES, RNG_META_KEY, ResumableLoopMixin, capture_rng_state
 
@@ -97,10 +103,16 @@ class DaViTRunner(Runner):
 
     def register_hook(self, hook: Union[Hook, Dict], priority=None) -> None:
         super().register_hook(hook, priority)
-        for registered in self._hooks:
-            if type(registered) is CheckpointHook:
-                # Same state, crash-safe save order (AtomicCheckpointHook only overrides a method).
-                registered.__class__ = AtomicCheckpointHook
+        if not self._warned_checkpoint_hook and any(type(h) is CheckpointHook for h in self._hooks):
+            self._warned_checkpoint_hook = True
+            self.logger.warning(
+                "default_hooks.checkpoint is mmengine's CheckpointHook: DaViTRunner still writes each checkpoint "
+                'file atomically, but this hook deletes the oldest checkpoint (max_keep_ckpts) before writing the '
+                'new one and writes last_checkpoint in place, so a job killed then can leave no valid checkpoint '
+                "to resume. Set default_hooks.checkpoint.type='mmdavit.AtomicCheckpointHook' (same arguments) "
+                'for the crash-safe order')
+
+    _warned_checkpoint_hook = False
 
     def save_checkpoint(self, out_dir: str, filename: str, file_client_args: Optional[dict] = None,
                         save_optimizer: bool = True, save_param_scheduler: bool = True, meta: Optional[dict] = None,
@@ -120,25 +132,63 @@ class DaViTRunner(Runner):
         if file_client_args is not None or backend_args is not None or not is_local(out_dir):
             return super().save_checkpoint(out_dir, filename, **args)
         with replacing(osp.join(out_dir, filename)) as temporary:
-            super().save_checkpoint(out_dir, osp.basename(temporary), **args)
+            # relative to out_dir, so that a name with folders (filename_tmpl='ckpts/epoch_{}.pth') is
+            # written beside its final name (mmengine creates the folders)
+            super().save_checkpoint(out_dir, osp.relpath(temporary, out_dir), **args)
 
     def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):
-        """mmengine's ``load_checkpoint`` (used by ``load_from`` and resume) with clear errors for unreadable
-        files and checkpoints of other models."""
-        checkpoint = read_checkpoint_file(filename, map_location)
+        """mmengine's ``load_checkpoint`` (used by ``load_from`` and resume) with errors that fit what the user
+        did for missing, unreadable and foreign checkpoints, and ``load_from_skip_backbone``.
+
+        The body is mmengine 0.10.7's ``Runner.load_checkpoint`` with the checks added
+        (``tests/engine/test_upstream_copies.py`` fails when the installed mmengine's version changes)."""
+        origin = self._loading_for
+        checkpoint = read_checkpoint_file(filename, map_location, origin, self.work_dir)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        check_same_model(model, checkpoint, filename, revise_keys)
+        if origin == LOAD_FROM:
+            skip_backbone = bool(self.cfg.get(SKIP_BACKBONE_KEY, False))
+            check_same_model(model, checkpoint, filename, revise_keys, skip_backbone)
+            if skip_backbone:
+                checkpoint, skipped = without_backbone(checkpoint, revise_keys)
+                self.logger.info(f'{SKIP_BACKBONE_KEY}=True: loading neck and heads from {filename}, not its '
+                                 f'{skipped} backbone tensors (the backbone keeps its init_cfg weights)')
+        else:
+            check_resumable(model, checkpoint, filename, revise_keys)
+            self._warn_optimizer_overrides(checkpoint, filename)
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
         self._loaded_checkpoint_meta = checkpoint.get('meta', {})
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
 
+    # How load_checkpoint is being used: by load_from unless resume() says otherwise.
+    _loading_for = LOAD_FROM
+
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,
                map_location: Union[str, Callable] = 'default') -> None:
-        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        """mmengine's ``resume``, after checking that the checkpoint is of this model (before torch meets a
+        param group of another size), plus the loop's exact-resume state."""
+        # mmengine's load_or_resume: resume=True without load_from reads the path from last_checkpoint
+        self._loading_for = AUTO_RESUME if self._resume and self._load_from is None else RESUME
+        try:
+            super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        finally:
+            self._loading_for = LOAD_FROM
         loop = self.train_loop
         if isinstance(loop, ResumableLoopMixin):
             loop.prepare_resume(getattr(self, '_loaded_checkpoint_meta', {}).get(RNG_META_KEY))
+
+    def _warn_optimizer_overrides(self, checkpoint: dict, filename: str) -> None:
+        """mmengine resumes the optimizer state and schedule from the checkpoint: say which config values
+        (e.g. ``--cfg-options optim_wrapper.optimizer.lr=...``) that leaves unused."""
+        if not isinstance(self.optim_wrapper, OptimWrapper) or not isinstance(checkpoint.get('optimizer'), dict):
+            return
+        overrides = optimizer_overrides(self.optim_wrapper.state_dict(), checkpoint['optimizer'])
+        if overrides:
+            changes = ', '.join(f'{name} {config!r} (config) -> {saved!r} (checkpoint)'
+                                for name, config, saved in overrides)
+            self.logger.warning(f'Resume: the optimizer state in {filename} replaces the config\'s settings: '
+                                f'{changes}; training continues with the checkpoint\'s. To train with the config\'s '
+                                'values, start a new run from these weights with load_from=PATH and resume=False')

@@ -2,80 +2,45 @@
 resume continuity of the layer-decay param groups (train, save, resume in a new Runner)."""
 import glob
 import json
+import logging
 import os.path as osp
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict, build_optim_wrapper
-from mmengine.optim.scheduler import CosineAnnealingLR, PolyLR
+from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR, OneCycleLR, PolyLR
+from mmengine.logging import MessageHub
 from mmengine.runner import Runner
-from torch.utils.data import Dataset
 
 import mmdavit.engine.hooks as hooks
 from mmdavit.engine import LayerDecayLRHook
-from mmdavit.models import DaViT
-
-ARCH = dict(embed_dims=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
-MAX_ID = 6
-LRD_OPTIM = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-                 constructor='DaViTLayerDecayOptimWrapperConstructor', paramwise_cfg=dict(decay_rate=0.8))
-
-
-class ToyClassifier(BaseModel):
-    """Tiny DaViT + linear head, enough for the Runner's train loop."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = DaViT(arch=ARCH, window_size=4, out_indices=(3, ), drop_path_rate=0.0)
-        self.head = nn.Linear(256, 4)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        logits = self.head(self.backbone(inputs)[-1].mean((2, 3)))
-        return dict(loss=F.cross_entropy(logits, labels)) if mode == 'loss' else logits
-
-
-class ToyData(Dataset):
-    """One epoch is 4 iterations: the Runner's infinite loader sleeps 2 s whenever an epoch ends."""
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, index):
-        inputs = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(index))
-        return dict(inputs=inputs, labels=index % 4)
+from tests.engine.toys import LRD_OPTIM, MAX_ID, RUN_IDS, ToyClassifier, runner_kwargs
 
 
 def make_runner(work_dir, max_iters=4, **kwargs) -> Runner:
-    return Runner(
-        model=ToyClassifier(),
-        work_dir=str(work_dir),
-        experiment_name=f'lrd_{osp.basename(str(work_dir))}',
-        train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=2,
-                              num_workers=0, collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=LRD_OPTIM,
-        param_scheduler=[dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
-                         dict(type='CosineAnnealingLR', T_max=4, eta_min=0.0, by_epoch=False, begin=2, end=6)],
-        default_hooks=dict(logger=dict(type='LoggerHook', interval=1),
-                           checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
-        custom_hooks=[dict(type='LayerDecayLRHook')],
-        randomness=dict(seed=0),
-        **kwargs)
+    return Runner(**runner_kwargs(work_dir, max_iters, **kwargs))
 
 
 def fake_runner(optim=LRD_OPTIM, schedulers=()):
     """What before_train reads from a runner, without building one."""
     return SimpleNamespace(optim_wrapper=build_optim_wrapper(ToyClassifier(), optim),
-                           param_schedulers=list(schedulers), hooks=[])
+                           param_schedulers=list(schedulers), hooks=[], iter=0, train_dataloader=range(1000),
+                           message_hub=MessageHub.get_instance(f'fake_runner_{next(RUN_IDS)}'))
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    """The hook's warnings (print_log with level WARNING)."""
+    messages = []
+    monkeypatch.setattr(hooks, 'print_log', lambda msg, level=logging.INFO, **kwargs: messages.append(msg)
+                        if level == logging.WARNING else None)
+    return messages
 
 
 def test_errors_when_the_constructor_is_missing():
     runner = fake_runner(dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)))
-    with pytest.raises(RuntimeError, match="carry no layer_id / lr_scale.*constructor='DaViTLayerDecay"):
+    with pytest.raises(RuntimeError, match="carry no layer_id / lr_scale.*constructor='mmdavit.DaViTLayerDecay"):
         LayerDecayLRHook().before_train(runner)
 
 
@@ -124,6 +89,57 @@ def test_warns_about_absolute_eta_min(monkeypatch, scheduler, warns):
     assert any('eta_min=1e-06, an absolute floor' in m for m in messages) == warns
     assert messages[-1] == ('LayerDecayLRHook: 7 layer ids, lr_scale 0.2621 (layer_0) to 1 (head); logging '
                             'layer_0_lr ... head_lr every 10 iterations')
+
+
+def test_lr_mult_zero_freezes_a_part_and_logs_its_layer_at_zero(warnings):
+    """``custom_keys`` ``lr_mult=0`` (mmengine's way to freeze a part) trains, logs and passes the checks."""
+    custom_keys = {'backbone.stem': dict(lr_mult=0.0), 'head.bias': dict(lr_mult=0.0)}
+    runner = fake_runner(dict(LRD_OPTIM, paramwise_cfg=dict(decay_rate=0.8, custom_keys=custom_keys)))
+    groups = runner.optim_wrapper.optimizer.param_groups
+    frozen = [g for g in groups if g.get('lr_mult') == 0]
+    assert {g['layer_id'] for g in frozen} == {0, MAX_ID} and all(g['lr'] == 0 for g in frozen)
+    hook = LayerDecayLRHook(interval=1)
+    hook.before_train(runner)
+    hook.after_train_iter(runner, batch_idx=0)  # logs: the first log interval used to divide by lr_mult
+    logged = {name: runner.message_hub.get_scalar(f'train/{name}_lr').current() for name in ('layer_0', 'layer_1',
+                                                                                             'head')}
+    assert logged == {'layer_0': 0.0, 'layer_1': pytest.approx(1e-3 * 0.8**(MAX_ID - 1)), 'head': pytest.approx(1e-3)}
+    assert warnings == []  # frozen groups are not a broken decay
+
+
+def test_warns_when_one_cycle_lr_erases_the_decay(warnings):
+    """OneCycleLR(eta_max=float) gives every group the same lr: the hook says so, once, naming it."""
+    runner = fake_runner()
+    runner.param_schedulers = [OneCycleLR(runner.optim_wrapper, eta_max=1e-3, total_steps=10, by_epoch=False)]
+    groups = runner.optim_wrapper.optimizer.param_groups
+    hook = LayerDecayLRHook(interval=100)
+    hook.before_train(runner)
+    for step in range(2):
+        runner.param_schedulers[0].step()
+        hook.after_train_iter(runner, batch_idx=step)
+    layer_0, head = hooks.layer_lrs(groups)['layer_0'], hooks.layer_lrs(groups)['head']
+    assert layer_0 == pytest.approx(head)  # the decay really is gone
+    assert len(warnings) == 1, warnings
+    assert 'no longer follow the layer-wise decay' in warnings[0] and 'This run uses OneCycleLR' in warnings[0]
+
+
+def test_warns_when_the_ratios_break_after_a_scheduler_step(warnings):
+    """Checked after every iteration, not only at the start: here an absolute floor reached mid-run."""
+    runner = fake_runner()
+    groups = runner.optim_wrapper.optimizer.param_groups
+    runner.param_schedulers = [LinearLR(runner.optim_wrapper, start_factor=0.1, by_epoch=False, begin=0, end=3)]
+    hook = LayerDecayLRHook(interval=100)
+    hook.before_train(runner)
+    for step in range(3):  # warmup keeps the ratios: no warning
+        runner.param_schedulers[0].step()
+        hook.after_train_iter(runner, batch_idx=step)
+    assert warnings == []
+    for g in groups:  # what ReduceOnPlateauLR(min_value=5e-4) does to the lower layers (lr < 5e-4)
+        g['lr'] = max(g['lr'], 5e-4)
+    hook.after_train_iter(runner, batch_idx=3)
+    hook.after_train_iter(runner, batch_idx=4)
+    assert len(warnings) == 1 and 'Schedulers that set absolute learning rates' in warnings[0]
+    assert 'is 0.001907 for layer_0_decay' in warnings[0]  # 5e-4 / 0.8 ** 6, where the head has 0.001
 
 
 def test_layer_lrs_divide_out_custom_lr_mult():

@@ -1,5 +1,6 @@
 """DaViTLayerDecayOptimWrapperConstructor: exact lr / weight decay of named parameters inside Mask R-CNN,
-UperNet and an mmpretrain ImageClassifier, registry names from every scope, schedulers, options, errors."""
+UperNet and an mmpretrain ImageClassifier, registry names from every scope, custom_keys as mmengine applies
+them, schedulers, options, errors."""
 import subprocess
 import sys
 from functools import lru_cache
@@ -7,11 +8,12 @@ from functools import lru_cache
 import pytest
 import torch.nn as nn
 from mmengine.hub import get_config
-from mmengine.optim import build_optim_wrapper
+from mmengine.optim import DefaultOptimWrapperConstructor, build_optim_wrapper
 from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR, PolyLR
 from mmengine.registry import MODELS, DefaultScope
 
 import mmdavit.engine.layer_decay as layer_decay
+from mmdavit.engine.hooks import decay_ratio_problem
 from mmdavit.models import DaViT
 
 ARCH = dict(embed_dims=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
@@ -87,7 +89,7 @@ class ToyModel(nn.Module):
         self.head = nn.Linear(256, 4)
 
 
-def optim_cfg(constructor: str = NAME, **paramwise) -> dict:
+def optim_cfg(constructor: str = f'mmdavit.{NAME}', **paramwise) -> dict:
     return dict(optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD), constructor=constructor,
                 paramwise_cfg=dict(dict(decay_rate=RATE), **paramwise))
 
@@ -120,20 +122,22 @@ def test_exact_lr_and_weight_decay(scope):
 
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain', 'mmengine'])
-@pytest.mark.parametrize('constructor', [NAME, f'mmdavit.{NAME}'])
-def test_constructor_resolves_from_every_scope(scope, constructor):
+def test_constructor_resolves_from_every_scope(scope):
     model = ToyModel()
     with DefaultScope.overwrite_default_scope(scope):
-        optim_wrapper = build_optim_wrapper(model, optim_cfg(constructor))
+        optim_wrapper = build_optim_wrapper(model, optim_cfg())
     assert {g['layer_id'] for g in optim_wrapper.optimizer.param_groups} == set(range(MAX_ID + 1))
 
 
-def test_plain_names_registered_by_import_mmdavit():
-    """What ``custom_imports=dict(imports=['mmdavit'])`` gives a config: plain and prefixed names."""
+def test_registered_in_the_mmdavit_scope_only():
+    """Importing mmdavit adds no global names to mmengine's root registries; ``mmdavit.``-prefixed names
+    resolve from the roots (a fresh process, so that nothing else has imported the engine yet)."""
     code = ('import mmdavit\n'
             'from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS as C\n'
-            f'assert C.get("{NAME}") is C.get("mmdavit.{NAME}") is not None\n'
-            'assert HOOKS.get("LayerDecayLRHook") is HOOKS.get("mmdavit.LayerDecayLRHook") is not None\n')
+            f'assert "{NAME}" not in C.module_dict and "LayerDecayLRHook" not in HOOKS.module_dict\n'
+            f'assert C.get("{NAME}") is None and HOOKS.get("LayerDecayLRHook") is None\n'
+            f'assert C.get("mmdavit.{NAME}").__name__ == "{NAME}"\n'
+            'assert HOOKS.get("mmdavit.LayerDecayLRHook").__name__ == "LayerDecayLRHook"\n')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -158,14 +162,38 @@ def test_custom_keys_multiply_on_top_and_flat_decay_switch():
         by_name['head.weight']
     assert stem_conv['lr'] == pytest.approx(BASE_LR * RATE**MAX_ID * 0.5, rel=1e-12)
     assert stem_conv['weight_decay'] == pytest.approx(BASE_WD * 0.5)
-    assert stem_norm['weight_decay'] == 0.0  # 1-D: flat_decay_mult (0) times decay_mult
+    assert stem_norm['weight_decay'] == pytest.approx(BASE_WD * 0.5)  # the key's decay_mult replaces the 1-D rule
     assert stem_conv['group_name'] == 'layer_0_decay_x0.5[backbone.stem]'
     assert head['lr'] == pytest.approx(BASE_LR * 10.0) and head['betas'] == (0.8, 0.9)
     assert by_name['backbone.stages.0.blocks.0.spatial.mlp.fc1.weight']['lr'] == pytest.approx(BASE_LR * RATE**5)
+    assert by_name['backbone.stages.0.blocks.0.spatial.mlp.fc1.bias']['weight_decay'] == 0.0  # no key: flat rule
 
     by_name = groups_by_param(model, build_optim_wrapper(model, optim_cfg(flat_decay_mult=1.0)))
     assert by_name['backbone.norm3.weight']['weight_decay'] == BASE_WD
     assert by_name['head.bias']['weight_decay'] == BASE_WD
+
+
+@pytest.mark.parametrize('custom_keys', [
+    {'.bias': dict(decay_mult=1.0)},  # weight decay back on for biases, as mmengine users write it
+    {'norm': dict(decay_mult=0.5), 'backbone.stem': dict(lr_mult=0.1)},  # a key without decay_mult: 1
+    {'head': dict(lr_mult=10.0), 'head.bias': dict(decay_mult=0.0, lr_mult=2.0)},  # longest key wins
+])
+def test_custom_keys_weight_decay_as_mmengine_default_constructor(custom_keys):
+    """A parameter matched by a custom key gets exactly the weight decay mmengine's own constructor gives it
+    (its decay_mult replaces the 1-D rule); its lr is mmengine's times the layer's decay."""
+    model = ToyModel()
+    ours = groups_by_param(model, build_optim_wrapper(model, optim_cfg(custom_keys=custom_keys)))
+    mmengine_groups = DefaultOptimWrapperConstructor(
+        dict(optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD)),
+        dict(flat_decay_mult=0.0, custom_keys=custom_keys))(model).optimizer.param_groups
+    theirs = {id(p): g for g in mmengine_groups for p in g['params']}
+    for name, param in model.named_parameters():
+        reference = theirs[id(param)]
+        assert ours[name]['weight_decay'] == pytest.approx(reference['weight_decay'], abs=1e-15), name
+        assert ours[name]['lr'] == pytest.approx(reference['lr'] * ours[name]['lr_scale'], rel=1e-12), name
+    if '.bias' in custom_keys:
+        assert ours['backbone.stem.conv.bias']['weight_decay'] == BASE_WD  # was 0 * decay_mult = 0
+        assert ours['backbone.stem.norm.weight']['weight_decay'] == 0.0  # 1-D, no key: flat_decay_mult
 
 
 def test_frozen_parameters_left_out_and_ddp_unwrapped():
@@ -198,13 +226,24 @@ def test_logs_group_table(monkeypatch):
     assert head[:5] == ['head_no_decay', '6', '1', '0.0001', '0'] and head[5] == '1'  # head.bias
 
 
+def test_lr_mult_zero_in_the_table(monkeypatch):
+    messages = []
+    monkeypatch.setattr(layer_decay, 'print_log', lambda msg, **kwargs: messages.append(msg))
+    optim_wrapper = build_optim_wrapper(ToyModel(), optim_cfg(custom_keys={'backbone.stem': dict(lr_mult=0.0)}))
+    frozen = [g for g in optim_wrapper.optimizer.param_groups if g.get('lr_mult') == 0]
+    rows = {line.split()[0]: line.split() for line in messages[-1].splitlines()[2:]}
+    assert [rows[g['group_name']][3] for g in frozen] == ['0']  # one group: the key's decay_mult (1) for all four
+    assert messages[-1].splitlines()[-1] == '4 tensors frozen by custom_keys lr_mult=0 (lr 0)'
+
+
 @pytest.mark.parametrize('main', [
     dict(type=CosineAnnealingLR, T_max=7, eta_min=0.0),
     dict(type=CosineAnnealingLR, T_max=7, eta_min_ratio=0.01),
     dict(type=PolyLR, power=0.9, eta_min=0.0),
 ])
 def test_schedulers_keep_per_group_ratios(main):
-    optim_wrapper = build_optim_wrapper(ToyModel(), optim_cfg(custom_keys={'head.bias': dict(lr_mult=3.0)}))
+    custom_keys = {'head.bias': dict(lr_mult=3.0), 'backbone.stem': dict(lr_mult=0.0)}
+    optim_wrapper = build_optim_wrapper(ToyModel(), optim_cfg(custom_keys=custom_keys))
     main = dict(main)
     schedulers = [LinearLR(optim_wrapper, start_factor=0.1, by_epoch=False, begin=0, end=3),
                   main.pop('type')(optim_wrapper, by_epoch=False, begin=3, end=10, **main)]
@@ -216,6 +255,7 @@ def test_schedulers_keep_per_group_ratios(main):
         if step in (0, 2, 3, 6, 9):
             for g in groups:
                 assert g['lr'] == pytest.approx(base_lr * g['lr_scale'] * g.get('lr_mult', 1.0), rel=1e-9)
+        assert decay_ratio_problem(groups) == ''  # what LayerDecayLRHook checks: no false alarm
         for scheduler in schedulers:
             scheduler.step()
     assert len(set(base_lrs)) >= 8  # the schedule really moved (warmup end and cosine start coincide)
@@ -227,11 +267,19 @@ def test_schedulers_keep_per_group_ratios(main):
     (dict(decay_rate=RATE, decay_type='block_wise'), 'decay_type must be one of'),
     (dict(decay_rate=RATE, num_layers=6), 'num_layers=6 does not match DaViT.get_layer_depth'),
     (dict(layer_decay_rate=0.75), 'unknown paramwise_cfg keys'),
-    (dict(decay_rate=RATE, norm_decay_mult=0.0), 'flat_decay_mult'),
+    (dict(decay_rate=RATE, norm_decay_mult=0.0),
+     r"\['norm_decay_mult'\] are replaced here by flat_decay_mult .* custom_keys, whose decay_mult replaces "
+     r"flat_decay_mult .*custom_keys=\{'.bias': dict\(decay_mult=1.0\)\}"),
+    (dict(decay_rate=RATE, bias_decay_mult=1.0), r"mmengine's \['bias_decay_mult'\] are replaced here"),
     (dict(decay_rate=RATE, custom_keys={'head': dict(lr=1.0)}), 'use lr_mult / decay_mult'),
+    (dict(decay_rate=RATE, custom_keys={'head': dict(lr_mult=-1)}), r'lr_mult must be a number >= 0'),
+    *[(dict(decay_rate=RATE, custom_keys={'backbone.stem': {field: value}}),
+       rf"custom_keys\['backbone.stem'\] sets \['{field}'\], which the constructor sets itself")
+      for field, value in [('lr_scale', 1.0), ('layer_id', 6), ('group_name', 'stem'), ('params', []),
+                           ('initial_lr', 1e-3)]],
 ])
 def test_config_errors(paramwise, message):
-    cfg = dict(optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD), constructor=NAME,
+    cfg = dict(optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD), constructor=f'mmdavit.{NAME}',
                paramwise_cfg=paramwise)
     with pytest.raises(ValueError, match=message):
         build_optim_wrapper(ToyModel(), cfg)

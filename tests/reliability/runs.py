@@ -18,7 +18,7 @@ custom_hooks = [dict(type='TraceHook')]
 '''
 # Layer-wise LR decay, so that resume has per-group learning rates to restore.
 LAYER_DECAY = '''
-optim_wrapper = dict(constructor='DaViTLayerDecayOptimWrapperConstructor', paramwise_cfg=dict(decay_rate=0.9))
+optim_wrapper = dict(constructor='mmdavit.DaViTLayerDecayOptimWrapperConstructor', paramwise_cfg=dict(decay_rate=0.9))
 '''
 
 

@@ -10,8 +10,8 @@ What mmengine 0.10 does alone, and what ``DaViTRunner`` changes (see ``mmdavit/e
   diverge after a resume; ``DaViTRunner`` saves and restores them, and the resumed run is identical to the
   uninterrupted one.
 * mmengine writes a checkpoint in place and deletes the oldest one (``max_keep_ckpts``) before writing the
-  new one; ``DaViTRunner`` writes to a partial file, renames it into place, then updates
-  ``last_checkpoint``, then deletes.
+  new one; ``DaViTRunner`` writes to a partial file and renames it into place, and the
+  ``mmdavit.AtomicCheckpointHook`` our configs name then updates ``last_checkpoint``, then deletes.
 """
 import errno
 import os
@@ -216,17 +216,18 @@ def test_unreadable_or_foreign_checkpoints_fail_clearly(tmp_path, tiny_data):
     other_backbone = {k: v for k, v in own.items() if not k.startswith('backbone.')}
     other_backbone.update({'backbone.conv1.weight': torch.zeros(64, 3, 7, 7), 'backbone.bn1.weight': torch.ones(64)})
     torch.save({'state_dict': other_backbone}, tmp_path / 'upernet_r50.pth')
-    with pytest.raises(ValueError, match='has a backbone none of whose parameters.*backbone.conv1.weight'):
+    with pytest.raises(ValueError, match="would load only 0.0% of the weights of this model's DaViT backbone .*"
+                       'its backbone keys: backbone.conv1.weight'):
         runner.load_checkpoint(str(tmp_path / 'upernet_r50.pth'))
 
-    with pytest.raises(FileNotFoundError, match='Checkpoint not found: .*missing.pth'):
+    with pytest.raises(FileNotFoundError, match='load_from checkpoint not found: .*missing.pth'):
         runner.load_checkpoint(str(tmp_path / 'missing.pth'))
     assert runner.load_checkpoint(str(good))['meta'] == {'iter': 3}  # and a good one still loads
 
 
-def test_mmengine_checkpoint_hook_is_made_atomic(tmp_path, tiny_data):
-    """Configs name mmengine's CheckpointHook (via mmdet / mmseg default_runtime); DaViTRunner runs it in
-    the crash-safe order, and its loops resume exactly."""
+def test_demo_configs_checkpoint_atomically_and_resume_exactly(tmp_path, tiny_data):
+    """The configs name mmdavit.AtomicCheckpointHook (the crash-safe order) in default_hooks, and DaViTRunner
+    turns mmengine's loops into the ones that resume exactly."""
     from mmengine.hooks import CheckpointHook
 
     from mmdavit.engine import AtomicCheckpointHook, ResumableEpochBasedTrainLoop, ResumableIterBasedTrainLoop
