@@ -82,7 +82,7 @@ def _offline_message(name: str, repo_id: str, candidates: List[str], constants) 
     return (f'{name}: {absent} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. '
             f'Place the file by hand: on a machine with network run `hf download {repo_id} {file} --local-dir '
             f'{local}` (older huggingface_hub: `huggingface-cli download` with the same arguments), copy '
-            f'{local}/{file} here and pass its path instead of the name (checkpoint=\'{local}/{file}\'); or copy '
+            f'{local}/{file} here and give that path instead of the name ({local}/{file}); or copy '
             f'that machine\'s cache folder models--{repo_id.replace("/", "--")} into {constants.HF_HUB_CACHE} '
             f'(HF_HOME selects the cache)')
 

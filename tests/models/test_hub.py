@@ -178,7 +178,7 @@ def test_offline_and_not_cached_says_how_to_place_the_file(hub_run):
                               'pytorch_model.bin, pytorch_model.bin.index.json of nobody/absent is in the Hugging '
                               f'Face cache ({hub_run["hf_home"] / "hub"}) and downloads are off (HF_HUB_OFFLINE=1)')
     assert '`hf download nobody/absent model.safetensors --local-dir checkpoints/absent`' in message
-    assert "checkpoint='checkpoints/absent/model.safetensors'" in message
+    assert 'give that path instead of the name (checkpoints/absent/model.safetensors)' in message
 
 
 def test_load_from_offline_and_not_cached_says_how_to_place_the_file(hub_run):
