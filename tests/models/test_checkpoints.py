@@ -1,5 +1,6 @@
 """Checkpoint files (torch, safetensors, sharded) and formats (official, timm, mmpretrain, Florence-2): conversion,
 loading, its report and its errors."""
+import importlib.util
 import json
 import logging
 import os
@@ -362,17 +363,23 @@ def test_converter_cli_sharded_vlm_to_safetensors(tmp_path, narrow_timm, florenc
 
 
 @pytest.mark.parametrize('problem', ['directory', 'missing', 'destination directory'])
-def test_converter_cli_errors_in_one_line(tmp_path, florence2_vlm, problem):
+def test_converter_cli_errors_in_one_line(tmp_path, florence2_vlm, problem, monkeypatch, capsys):
+    # In-process (an uncaught exception would fail the test), as a fresh interpreter costs ~10 s of imports.
+    spec = importlib.util.spec_from_file_location('davit2mmdavit', ROOT / 'tools/model_converters/davit2mmdavit.py')
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
     src = save(florence2_vlm, tmp_path / 'model.safetensors')
     args = {'directory': (str(tmp_path), str(tmp_path / 'out.pth')),
             'missing': (str(tmp_path / 'nope.pth'), str(tmp_path / 'out.pth')),
             'destination directory': (str(src), str(tmp_path))}[problem]
-    result = run_converter(*args)
-    assert result.returncode == 1
-    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    expected = {'directory': 'is a directory, not a file', 'missing': 'not found',
-                'destination directory': 'is a directory, not a file'}[problem]
-    assert expected in result.stderr
+    monkeypatch.setattr(sys, 'argv', ['davit2mmdavit.py', *args])
+    assert converter.main() == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: ')
+    expected = {'directory': f'DaViT checkpoint {tmp_path} is a directory, not a file',
+                'missing': f'DaViT checkpoint not found: {tmp_path / "nope.pth"}',
+                'destination directory': f'{tmp_path} is a directory, not a file'}[problem]
+    assert expected in stderr
 
 
 # A narrow Florence-2 tower: florence2-base's switches (3x3 overlapping downsample, channel attention v2, window 12).
