@@ -49,6 +49,7 @@ def backbone(name):
 
 torch.save(backbone('hf-hub://timm/davit_test.in1k').state_dict(), f'{out}/default_file.pth')
 torch.save(backbone('hf-hub://timm/davit_test.in1k/pytorch_model.bin').state_dict(), f'{out}/named_file.pth')
+torch.save(backbone('hf-hub://someone/bin-only').state_dict(), f'{out}/bin_only.pth')
 torch.save(backbone('hf-hub://microsoft/Florence-2-test').state_dict(), f'{out}/sharded_vlm.pth')
 
 
@@ -109,6 +110,7 @@ def hub_run(tmp_path_factory):
     torch.save(other_state, files / 'pytorch_model.bin')
     add_to_hub_cache(hf_home, 'timm/davit_test.in1k', {'model.safetensors': files / 'model.safetensors',
                                                        'pytorch_model.bin': files / 'pytorch_model.bin'})
+    add_to_hub_cache(hf_home, 'someone/bin-only', {'pytorch_model.bin': files / 'pytorch_model.bin'})
 
     vlm = timm_to_vlm(timm_state, FLORENCE2_SUBLAYERS, 'proj', 'vision_tower.', FLORENCE2_OTHERS)
     sharded = files / 'sharded'
@@ -155,6 +157,10 @@ def test_init_cfg_by_name_prefers_safetensors(hub_run):
 
 def test_init_cfg_by_name_with_a_file(hub_run):
     assert_backbone_equals(loaded(hub_run, 'named_file'), hub_run['other'])
+
+
+def test_init_cfg_by_name_falls_back_to_pytorch_model_bin(hub_run):
+    assert_backbone_equals(loaded(hub_run, 'bin_only'), hub_run['other'])
 
 
 def test_init_cfg_by_name_sharded_florence2_vlm(hub_run):
