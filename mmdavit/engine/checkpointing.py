@@ -153,6 +153,8 @@ def read_checkpoint_file(filename: str, map_location: Union[str, Callable], orig
     try:
         checkpoint = _load_checkpoint(filename, map_location=map_location)
     except Exception as error:  # torch raises zip, pickle, EOF and runtime errors for bad files
+        if isinstance(error, FileNotFoundError) and not is_local(filename):
+            raise  # a scheme's own error (hf-hub:// not cached, offline) names the file and how to place it
         lines = str(error).splitlines()
         detail = next((line.strip() for line in lines if 'Unsupported global' in line), lines[0] if lines else '')
         if not is_local(filename):
