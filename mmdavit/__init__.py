@@ -6,8 +6,8 @@ teaches mmengine the ``mmdavit::`` config prefix (as the start-up hook does in i
 ``.pth`` files; this covers ``python -S``, ``pip install --target`` and PYTHONPATH-only set-ups).
 
 The public classes are importable from here: ``from mmdavit import DaViT``. The classifier parts
-(``DaViTClsBackbone``, ``DaViTClsHead``) are imported on first access: they need mmpretrain, which detection
-and segmentation users need not load.
+(``DaViTClsBackbone``, ``DaViTClsHead``) and the enlarged visualizers are imported on first access: they need
+mmpretrain, or mmdet and mmseg, which not every user loads.
 """
 import importlib
 
@@ -25,13 +25,15 @@ from . import engine, models  # noqa: E402  (registers DaViT, the constructor, h
 from .engine import *  # noqa: E402,F401,F403  (each subpackage's __all__ says what is public)
 from .models import *  # noqa: E402,F401,F403
 
-_CLASSIFICATION = {'DaViTClsBackbone': 'mmdavit.models.cls_head', 'DaViTClsHead': 'mmdavit.models.cls_head',
-                   'convert_classifier_state_dict': 'mmdavit.models.cls_head'}
+# Public names whose modules import mmpretrain (classifier) or mmdet and mmseg (visualizers): loaded on first use.
+_LAZY = {'DaViTClsBackbone': 'mmdavit.models.cls_head', 'DaViTClsHead': 'mmdavit.models.cls_head',
+         'convert_classifier_state_dict': 'mmdavit.models.cls_head',
+         'EnlargedDetLocalVisualizer': 'mmdavit.visualization', 'EnlargedSegLocalVisualizer': 'mmdavit.visualization'}
 
-__all__ = [*engine.__all__, *models.__all__, *_CLASSIFICATION]
+__all__ = [*engine.__all__, *models.__all__, *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in _CLASSIFICATION:
-        return getattr(importlib.import_module(_CLASSIFICATION[name]), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -90,8 +90,11 @@ def segmentation_drawer(args: argparse.Namespace, cfg: Config, out_dir: Path) ->
     from mmseg.apis import MMSegInferencer
     inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device)
 
+    scale = getattr(inferencer.visualizer, 'scale', 1.0)  # mmdavit's Enlarged* visualizers draw bigger
+
     def draw(image: str) -> Path:
-        if mmcv.imread(image).shape[:2] == (1, 1):  # mmseg 1.2's visualizer takes a 1x1 mask for an index
+        height, width = mmcv.imread(image).shape[:2]
+        if round(height * scale) * round(width * scale) == 1:  # mmseg 1.2 takes a 1x1 label map for an index
             raise ValueError('a single-pixel image, which mmseg\'s visualizer cannot draw')
         inferencer(image, out_dir=str(out_dir), img_out_dir='vis')
         return out_dir / 'vis' / Path(image).name

@@ -146,22 +146,26 @@ def test_infer_names_unreadable_images_before_loading_the_model(coco_root, tmp_p
 
 
 def test_infer_goes_on_after_an_image_it_cannot_draw(tmp_path):
-    # A randomly initialised segmentation model (the drawing, not the weights, is under test); a 1x1 image,
-    # which mmseg's visualizer fails on, first, a normal one after it.
+    # A randomly initialised segmentation model (the drawing, not the weights, is under test) with mmseg's own
+    # visualizer (the demo config's enlarged one would draw a 1x1 image 3x3); a 1x1 image, which mmseg's
+    # visualizer fails on, first, a normal one after it.
     from mmseg.registry import MODELS
     from mmengine.registry import init_default_scope
     init_default_scope('mmseg')
     cfg = Config.fromfile(str(SEG_CONFIG))
     torch.save({'state_dict': MODELS.build(cfg.model).state_dict()}, tmp_path / 'random.pth')
+    config = tmp_path / 'plain_visualizer.py'
+    config.write_text(f"_base_ = {str(SEG_CONFIG)!r}\nvisualizer = dict(_delete_=True, type='SegLocalVisualizer', "
+                      "vis_backends=[dict(type='LocalVisBackend')], name='visualizer')\n")
     tiny, normal = tmp_path / 'tiny.png', tmp_path / 'normal.png'
     cv2.imwrite(str(tiny), np.full((1, 1, 3), 200, np.uint8))
     cv2.imwrite(str(normal), np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
-    result = subprocess.run([sys.executable, str(TOOLS / 'infer.py'), str(SEG_CONFIG), str(tmp_path / 'random.pth'),
+    result = subprocess.run([sys.executable, str(TOOLS / 'infer.py'), str(config), str(tmp_path / 'random.pth'),
                              str(tiny), str(normal), '--out-dir', str(tmp_path / 'out')],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert f'{normal} -> {tmp_path / "out" / "vis" / "normal.png"}' in result.stdout, output[-2000:]
-    assert cv2.imread(str(tmp_path / 'out' / 'vis' / 'normal.png')).shape == (3 * 96, 3 * 128, 3)  # enlarged 3x
+    assert cv2.imread(str(tmp_path / 'out' / 'vis' / 'normal.png')).shape == (96, 128, 3)
     assert 'LocalVisBackend' not in output
     assert result.returncode == 1 and 'Traceback' not in result.stderr, output[-2000:]
     assert f"error: {tiny}: ValueError: a single-pixel image, which mmseg's visualizer cannot draw" in result.stderr
