@@ -3,7 +3,7 @@
 # cascade config). 14 layer ids and decay 0.7 as for DaViT-S; drop path 0.2 (the paper's 3x value).
 _base_ = './cascade_maskrcnn_davit_t_3x.py'
 
-pretrained = 'checkpoints/davit_b.pth'
+pretrained = 'hf-hub://timm/davit_base.msft_in1k'
 model = dict(
     backbone=dict(arch='base', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[128, 256, 512, 1024]))

@@ -4,6 +4,6 @@
 # which the zoo trains with the same decay 0.7. Drop path 0.2 (the paper's 3x value; ConvNeXt-S uses 0.6).
 _base_ = './cascade_maskrcnn_davit_t_3x.py'
 
-pretrained = 'checkpoints/davit_s.pth'
+pretrained = 'hf-hub://timm/davit_small.msft_in1k'
 model = dict(backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)))
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=14))

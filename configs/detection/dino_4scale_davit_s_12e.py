@@ -1,5 +1,5 @@
 # DINO 4-scale DaViT-S, 12 epochs: dino_4scale_davit_t_12e.py with DaViT-S (same channels as DaViT-T).
 _base_ = './dino_4scale_davit_t_12e.py'
 
-pretrained = 'checkpoints/davit_s.pth'
+pretrained = 'hf-hub://timm/davit_small.msft_in1k'
 model = dict(backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)))

@@ -9,8 +9,9 @@ runner_type = 'mmdavit.DaViTRunner'  # mmengine's Runner + dataset-preparation h
 # mmengine's CheckpointHook in a crash-safe order: new checkpoint, then last_checkpoint, then delete old ones
 default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))
 
-# Official, timm or mmpretrain DaViT weights all load (converted on the fly); see README.
-pretrained = 'checkpoints/davit_t.pth'
+# The official ImageNet-1k weights by name (timm's hub copy, cached by huggingface_hub); a local file in any
+# format works too (--cfg-options model.backbone.init_cfg.checkpoint=PATH): docs/checkpoint-formats.md.
+pretrained = 'hf-hub://timm/davit_tiny.msft_in1k'
 model = dict(
     type='Mask2Former',
     backbone=dict(

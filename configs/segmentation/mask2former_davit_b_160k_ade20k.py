@@ -2,7 +2,7 @@
 # as the zoo's Swin-B Mask2Former.
 _base_ = './mask2former_davit_t_160k_ade20k.py'
 
-pretrained = 'checkpoints/davit_b.pth'
+pretrained = 'hf-hub://timm/davit_base.msft_in1k'
 model = dict(
     backbone=dict(arch='base', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[128, 256, 512, 1024]))

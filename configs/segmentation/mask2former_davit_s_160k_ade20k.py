@@ -2,5 +2,5 @@
 # channels; the norm-name keys cover any depth). Drop path 0.3, as the zoo's Swin-S Mask2Former.
 _base_ = './mask2former_davit_t_160k_ade20k.py'
 
-pretrained = 'checkpoints/davit_s.pth'
+pretrained = 'hf-hub://timm/davit_small.msft_in1k'
 model = dict(backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)))

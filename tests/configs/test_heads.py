@@ -201,3 +201,14 @@ def test_lrd_custom_keys_on_top_of_layer_decay_and_logged_table(name, monkeypatc
         assert float(row[4]) == pytest.approx(group['weight_decay'])
         assert int(row[5]) == len(group['params'])
     assert sum(int(row[5]) for row in rows) == len(params)
+
+
+@pytest.mark.parametrize('name', CASCADE + DINO + MASK2FORMER)
+def test_weights_runner_and_checkpoint_hook_as_the_paper_configs(name):
+    cfg = load(name)
+    checkpoint = f'hf-hub://timm/davit_{ARCH[variant(name)]}.msft_in1k'
+    assert cfg.model.backbone.init_cfg == dict(type='Pretrained', checkpoint=checkpoint)
+    assert cfg.model.backbone.type == 'mmdavit.DaViT' and cfg.model.backbone.arch == ARCH[variant(name)]
+    assert cfg.custom_imports == dict(imports=['mmdavit'], allow_failed_imports=False)
+    assert cfg.runner_type == 'mmdavit.DaViTRunner'
+    assert cfg.default_hooks.checkpoint.type == 'mmdavit.AtomicCheckpointHook'
