@@ -56,7 +56,7 @@ def resolve_hf_hub(name: str) -> str:
                 f'{name}: no repository {repo_id} on the Hugging Face Hub that you can read (check the name; for '
                 f'a private or gated one, log in with `hf auth login` or set HF_TOKEN)') from error
         if candidate.endswith('.index.json'):
-            _download_shards(repo_id, candidate, path, revision)
+            _download_shards(name, repo_id, candidate, path, revision)
         return path
     if not_reachable is not None:
         raise FileNotFoundError(_offline_message(name, repo_id, candidates, constants)) from not_reachable
@@ -64,25 +64,36 @@ def resolve_hf_hub(name: str) -> str:
                             f'weights file: {HF_HUB_PREFIX}{repo_id}/FILE')
 
 
-def _download_shards(repo_id: str, index_name: str, index_path: str, revision: Optional[str]) -> None:
-    from huggingface_hub import hf_hub_download
+def _download_shards(name: str, repo_id: str, index_name: str, index_path: str, revision: Optional[str]) -> None:
+    """Put the shards a sharded checkpoint's index names next to it (same repository folder)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
     with open(index_path) as f:
         shards = sorted(set(json.load(f).get('weight_map', {}).values()))
     folder = posixpath.dirname(index_name)
+    shards = [posixpath.join(folder, shard) if folder else shard for shard in shards]
     for shard in shards:
-        hf_hub_download(repo_id, posixpath.join(folder, shard) if folder else shard, revision=revision)
+        try:
+            hf_hub_download(repo_id, shard, revision=revision)
+        except LocalEntryNotFoundError as error:
+            raise FileNotFoundError(_offline_message(name, repo_id, [shard], constants,
+                                                     download=[index_name, *shards])) from error
 
 
-def _offline_message(name: str, repo_id: str, candidates: List[str], constants) -> str:
+def _offline_message(name: str, repo_id: str, candidates: List[str], constants,
+                     download: Optional[List[str]] = None) -> str:
+    """Why ``candidates`` are not available, and how to place ``download`` (default: the first candidate,
+    whose path is then given instead of the name) by hand."""
     why = ('downloads are off (HF_HUB_OFFLINE=1)' if constants.HF_HUB_OFFLINE
            else 'the Hugging Face Hub could not be reached (without network, HF_HUB_OFFLINE=1 skips the retries)')
     absent = (f'{candidates[0]} of {repo_id} is not' if len(candidates) == 1
               else f'none of {", ".join(candidates)} of {repo_id} is')
-    file, local = candidates[0], f'checkpoints/{repo_id.split("/")[-1]}'
+    download = download or candidates[:1]
+    local = f'checkpoints/{repo_id.split("/")[-1]}'
     return (f'{name}: {absent} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. '
-            f'Place the file by hand: on a machine with network run `hf download {repo_id} {file} --local-dir '
-            f'{local}` (older huggingface_hub: `huggingface-cli download` with the same arguments), copy '
-            f'{local}/{file} here and give that path instead of the name ({local}/{file}); or copy '
+            f'Place the file by hand: on a machine with network run `hf download {repo_id} {" ".join(download)} '
+            f'--local-dir {local}` (older huggingface_hub: `huggingface-cli download` with the same arguments), copy '
+            f'{local} here and give the path {local}/{download[0]} instead of the name; or copy '
             f'that machine\'s cache folder models--{repo_id.replace("/", "--")} into {constants.HF_HUB_CACHE} '
             f'(HF_HOME selects the cache)')
 

@@ -71,4 +71,4 @@ def test_pretrained_by_name_offline_says_how_to_place_the_file(tmp_path, monkeyp
     assert message.startswith('hf-hub://timm/davit_tiny.msft_in1k: none of model.safetensors')
     assert 'downloads are off (HF_HUB_OFFLINE=1)' in message
     assert '`hf download timm/davit_tiny.msft_in1k model.safetensors' in message
-    assert 'give that path instead of the name' in message
+    assert 'give the path checkpoints/davit_tiny.msft_in1k/model.safetensors instead of the name' in message

@@ -73,6 +73,10 @@ try:
 except Exception as error:
     result['missing'] = [type(error).__name__, str(error)]
 try:
+    backbone('hf-hub://someone/shard-missing')
+except Exception as error:
+    result['missing_shard'] = [type(error).__name__, str(error)]
+try:
     RUNNERS.get('DaViTRunner')(model=Detector(), work_dir=f'{out}/work2',
                                load_from='hf-hub://nobody/absent/epoch_12.pth').load_or_resume()
 except Exception as error:
@@ -118,6 +122,7 @@ def hub_run(tmp_path_factory):
     index = save_sharded(vlm, sharded, '.safetensors')
     add_to_hub_cache(hf_home, 'microsoft/Florence-2-test', {p.name: p for p in sharded.iterdir()})
     assert index.name == 'model.safetensors.index.json'
+    add_to_hub_cache(hf_home, 'someone/shard-missing', {index.name: index})  # its shards were never fetched
 
     converted, _ = convert_state_dict({k: v for k, v in timm_state.items() if not k.startswith('head.')})
     detector = {f'backbone.{k}': v for k, v in converted.items()}
@@ -184,7 +189,18 @@ def test_offline_and_not_cached_says_how_to_place_the_file(hub_run):
                               'pytorch_model.bin, pytorch_model.bin.index.json of nobody/absent is in the Hugging '
                               f'Face cache ({hub_run["hf_home"] / "hub"}) and downloads are off (HF_HUB_OFFLINE=1)')
     assert '`hf download nobody/absent model.safetensors --local-dir checkpoints/absent`' in message
-    assert 'give that path instead of the name (checkpoints/absent/model.safetensors)' in message
+    assert 'give the path checkpoints/absent/model.safetensors instead of the name' in message
+
+
+def test_offline_missing_shard_says_to_fetch_index_and_shards(hub_run):
+    kind, message = hub_run['result']['missing_shard']
+    assert kind == 'FileNotFoundError'
+    assert message.startswith('hf-hub://someone/shard-missing: model-00001-of-00003.safetensors of '
+                              'someone/shard-missing is not in the Hugging Face cache')
+    assert ('`hf download someone/shard-missing model.safetensors.index.json model-00001-of-00003.safetensors '
+            'model-00002-of-00003.safetensors model-00003-of-00003.safetensors --local-dir '
+            'checkpoints/shard-missing`') in message
+    assert 'give the path checkpoints/shard-missing/model.safetensors.index.json instead of the name' in message
 
 
 def test_load_from_offline_and_not_cached_says_how_to_place_the_file(hub_run):
