@@ -17,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmdavit.models import DaViT, convert_state_dict
+from mmdavit.models import DaViT
 from mmdavit.models.hub import parse_hf_hub_name
 from tests.models.reference import perturb_, timm_davit
 from tests.models.test_checkpoints import (FLORENCE2_OTHERS, FLORENCE2_SUBLAYERS, NARROW, assert_matches_timm,
-                                           save_sharded, timm_to_vlm)
+                                           save_sharded, timm_to_mmdavit, timm_to_vlm)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMIT = '0123456789abcdef0123456789abcdef01234567'
@@ -124,7 +124,7 @@ def hub_run(tmp_path_factory):
     assert index.name == 'model.safetensors.index.json'
     add_to_hub_cache(hf_home, 'someone/shard-missing', {index.name: index})  # its shards were never fetched
 
-    converted, _ = convert_state_dict({k: v for k, v in timm_state.items() if not k.startswith('head.')})
+    converted = timm_to_mmdavit(timm_state)  # the test's own renaming, not the code under test
     detector = {f'backbone.{k}': v for k, v in converted.items()}
     detector.update({f'backbone.norm{i}.{p}': torch.randn(16 * 2**i) for i in range(4) for p in ('weight', 'bias')})
     detector.update({'neck.weight': torch.randn(4, 128, 1, 1), 'neck.bias': torch.randn(4)})
@@ -138,7 +138,7 @@ def hub_run(tmp_path_factory):
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith('RESULT '))
     return dict(result=json.loads(line[len('RESULT '):]), out=out, hf_home=hf_home, reference=reference,
-                timm=converted, other=convert_state_dict(other_state)[0], detector=detector)
+                timm=converted, other=timm_to_mmdavit(other_state), detector=detector)
 
 
 def loaded(hub_run, case: str) -> dict:
