@@ -172,15 +172,18 @@ def read_checkpoint_file(filename: str, map_location: Union[str, Callable], orig
     return checkpoint
 
 
+def revised_key(key: str, revise_keys: list) -> str:
+    """A checkpoint key as mmengine loads it: after each ``(pattern, replacement)`` of ``revise_keys``."""
+    for pattern, replacement in revise_keys:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def checkpoint_shapes(checkpoint: dict, revise_keys: list) -> Dict[str, Optional[torch.Size]]:
     """Parameter name (after ``revise_keys``, as mmengine loads it) -> shape, of a checkpoint's weights."""
     state_dict = checkpoint.get('state_dict', checkpoint)
-    shapes = {}
-    for key, value in (state_dict.items() if isinstance(state_dict, dict) else []):
-        for pattern, replacement in revise_keys:
-            key = re.sub(pattern, replacement, key)
-        shapes[key] = getattr(value, 'shape', None)
-    return shapes
+    items = state_dict.items() if isinstance(state_dict, dict) else []
+    return {revised_key(key, revise_keys): getattr(value, 'shape', None) for key, value in items}
 
 
 def _examples(names, count: int = 3) -> str:
@@ -225,9 +228,8 @@ def check_same_model(model: torch.nn.Module, checkpoint: dict, filename: str, re
 def without_backbone(checkpoint: dict, revise_keys: list) -> Tuple[dict, int]:
     """The checkpoint without its backbone weights (for ``load_from_skip_backbone``), and how many it held."""
     state_dict = checkpoint.get('state_dict', checkpoint)
-    names = list(checkpoint_shapes({'state_dict': state_dict}, revise_keys))
-    kept = OrderedDict((key, state_dict[key]) for key, name in zip(state_dict, names)
-                       if not name.startswith(BACKBONE_PREFIX))
+    kept = OrderedDict((key, value) for key, value in state_dict.items()
+                       if not revised_key(key, revise_keys).startswith(BACKBONE_PREFIX))
     kept._metadata = getattr(state_dict, '_metadata', OrderedDict())  # norm layers' versions, as torch keeps
     return dict(checkpoint, state_dict=kept), len(state_dict) - len(kept)
 

@@ -14,7 +14,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.runner import CheckpointLoader
 
 from mmdavit.engine import AtomicCheckpointHook, DaViTRunner
-from mmdavit.engine.checkpointing import is_local
+from mmdavit.engine.checkpointing import is_local, without_backbone
 from tests.engine.toys import LRD_OPTIM, ToyClassifier, runner_kwargs
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
@@ -112,6 +112,16 @@ def test_load_from_skip_backbone_loads_neck_and_heads_only(tmp_path):
     assert torch.equal(state['head.weight'], torch.full_like(state['head.weight'], 0.5))
     assert all(torch.equal(state[k], v) for k, v in before.items())
     assert torch.equal(state['backbone.norm0.weight'], torch.ones(32))  # not Swin's 7
+
+
+def test_without_backbone_judges_each_key_by_its_revised_name():
+    """Keys that ``revise_keys`` maps onto one name (a DataParallel ``module.`` copy beside the plain key) are
+    each judged by their own revised name: both backbone copies go, the head stays."""
+    state_dict = {'module.backbone.norm0.weight': torch.ones(2), 'backbone.norm0.weight': torch.ones(2),
+                  'head.weight': torch.zeros(2), 'module.neck.bias': torch.zeros(1)}
+    checkpoint, skipped = without_backbone({'state_dict': state_dict, 'meta': {}}, [(r'^module.', '')])
+    assert list(checkpoint['state_dict']) == ['head.weight', 'module.neck.bias'] and skipped == 2
+    assert checkpoint['meta'] == {}
 
 
 class ToyWithNeck(ToyClassifier):
