@@ -56,7 +56,7 @@ def resolve_hf_hub(name: str) -> str:
                 f'{name}: no repository {repo_id} on the Hugging Face Hub that you can read (check the name; for '
                 f'a private or gated one, log in with `hf auth login` or set HF_TOKEN)') from error
         if candidate.endswith('.index.json'):
-            _download_shards(name, repo_id, candidate, path, revision)
+            _download_shards(name, repo_id, candidate, path, revision, cache_only=bool(not_reachable))
         return path
     if not_reachable is not None:
         raise FileNotFoundError(_offline_message(name, repo_id, candidates, constants)) from not_reachable
@@ -64,20 +64,26 @@ def resolve_hf_hub(name: str) -> str:
                             f'weights file: {HF_HUB_PREFIX}{repo_id}/FILE')
 
 
-def _download_shards(name: str, repo_id: str, index_name: str, index_path: str, revision: Optional[str]) -> None:
-    """Put the shards a sharded checkpoint's index names next to it (same repository folder)."""
+def _download_shards(name: str, repo_id: str, index_name: str, index_path: str, revision: Optional[str],
+                     cache_only: bool) -> None:
+    """Put the shards a sharded checkpoint's index names next to it (same repository folder); ``cache_only``
+    once the hub proved unreachable, as for the index."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     with open(index_path) as f:
         shards = sorted(set(json.load(f).get('weight_map', {}).values()))
     folder = posixpath.dirname(index_name)
     shards = [posixpath.join(folder, shard) if folder else shard for shard in shards]
     for shard in shards:
         try:
-            hf_hub_download(repo_id, shard, revision=revision)
+            hf_hub_download(repo_id, shard, revision=revision, local_files_only=cache_only)
         except LocalEntryNotFoundError as error:
             raise FileNotFoundError(_offline_message(name, repo_id, [shard], constants,
                                                      download=[index_name, *shards])) from error
+        except EntryNotFoundError as error:  # the index names a shard the repository lacks
+            raise FileNotFoundError(f'{name}: {index_name} of {repo_id} lists the shard {shard}, which the '
+                                    f'repository does not have; name a complete checkpoint file: '
+                                    f'{HF_HUB_PREFIX}{repo_id}/FILE') from error
 
 
 def _offline_message(name: str, repo_id: str, candidates: List[str], constants,

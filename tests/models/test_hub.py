@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmdavit.models import DaViT
-from mmdavit.models.hub import parse_hf_hub_name
+from mmdavit.models.hub import parse_hf_hub_name, resolve_hf_hub
 from tests.models.reference import perturb_, timm_davit
 from tests.models.test_checkpoints import (FLORENCE2_OTHERS, FLORENCE2_SUBLAYERS, NARROW, assert_matches_timm,
                                            save_sharded, timm_to_mmdavit, timm_to_vlm)
@@ -224,6 +225,46 @@ def test_parse_names(name, expected):
 def test_malformed_names_say_the_form(name):
     with pytest.raises(ValueError, match='expected hf-hub://OWNER/REPO'):
         parse_hf_hub_name(name)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """huggingface_hub.hf_hub_download stood in for (in-process): a sharded index in the cache, its files in
+    ``tmp_path``; ``failures`` maps a file name to the error its download raises; ``calls`` records
+    ``(file, local_files_only)``."""
+    import huggingface_hub
+    (tmp_path / 'model.safetensors.index.json').write_text(
+        json.dumps({'weight_map': {'a': 'model-1.safetensors', 'b': 'model-2.safetensors'}}))
+    hub = SimpleNamespace(calls=[], failures={}, folder=tmp_path)
+
+    def download(repo_id, filename, revision=None, local_files_only=False):
+        hub.calls.append((filename, local_files_only))
+        if filename in hub.failures:
+            raise hub.failures[filename]
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, 'hf_hub_download', download)
+    return hub
+
+
+def test_shards_come_from_the_cache_once_the_hub_proved_unreachable(fake_hub):
+    """Without network the first name (not cached) fails; from then on the index *and its shards* are looked up
+    in the cache only (each online try would retry for ~20 s)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    fake_hub.failures['model.safetensors'] = LocalEntryNotFoundError('not cached, hub unreachable')
+    assert resolve_hf_hub('hf-hub://me/sharded') == str(fake_hub.folder / 'model.safetensors.index.json')
+    assert fake_hub.calls == [('model.safetensors', False), ('model.safetensors.index.json', True),
+                              ('model-1.safetensors', True), ('model-2.safetensors', True)]
+
+
+def test_a_shard_the_repository_lacks_is_named(fake_hub):
+    from huggingface_hub.errors import EntryNotFoundError
+    fake_hub.failures['model-2.safetensors'] = EntryNotFoundError('404')
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_hf_hub('hf-hub://me/sharded/model.safetensors.index.json')
+    assert str(info.value) == ('hf-hub://me/sharded/model.safetensors.index.json: model.safetensors.index.json of '
+                               'me/sharded lists the shard model-2.safetensors, which the repository does not '
+                               'have; name a complete checkpoint file: hf-hub://me/sharded/FILE')
 
 
 def test_load_checkpoint_takes_a_local_safetensors_file_and_sharded_index(tmp_path):
