@@ -29,7 +29,7 @@ train_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='RandomResize', scale=image_size[::-1], ratio_range=(0.5, 2.0), resize_type='Resize', keep_ratio=True),
-    dict(type='RandomCrop', crop_size=image_size, crop_type='absolute', recompute_bbox=True,
+    dict(type='RandomCrop', crop_size=image_size[::-1], crop_type='absolute', recompute_bbox=True,
          allow_negative_crop=True),
     dict(type='FilterAnnotations', min_gt_bbox_wh=(1e-5, 1e-5), by_mask=True),
     dict(type='PackDetInputs'),

@@ -2,7 +2,8 @@
 """Parameters and FLOPs of a DaViT config at the paper's input size, next to the paper's numbers.
 
     python tools/analysis/get_flops.py CONFIG [--shape H W] [--cfg-options KEY=VALUE ...]
-    python tools/analysis/get_flops.py --all    # the nine T/S/B Mask R-CNN, RetinaNet and UperNet configs
+    python tools/analysis/get_flops.py --all    # the nine T/S/B Mask R-CNN, RetinaNet and UperNet configs,
+                                                # then Cascade Mask R-CNN, DINO and Mask2Former (HEAD_CONFIGS)
 
 Default inputs as in the paper: 1280x800 for detection (``--shape 800 1280``), 2048x512 for segmentation
 (``--shape 512 2048``), 224x224 for classification. The method is that of mmdet's and mmseg's
@@ -28,6 +29,7 @@ The "backbone" column is the backbone's share of the FLOPs.
 """
 import argparse
 import importlib
+import inspect
 import math
 import sys
 from functools import partial
@@ -53,6 +55,13 @@ PAPER_CONFIGS = [f'configs/{"segmentation" if name.startswith("upernet") else "d
                  for name in PAPER]
 # The official classifiers at 224x224 (official README: 28.3M / 4.5G, 49.7M / 8.8G, 87.9M / 15.5G).
 PAPER_CLASSIFIERS = {'davit_t_in1k': (28.3, 4.5), 'davit_s_in1k': (49.7, 8.8), 'davit_b_in1k': (87.9, 15.5)}
+# Heads beyond the paper (no paper figures): the COCO ones at the detection default, Mask2Former on ADE20K at
+# its 512x512 crop (as mmseg and the Mask2Former paper report it).
+HEAD_CONFIGS = [*(f'configs/detection/{head}_davit_{v}_{schedule}.py' for v in 'tsb' for head, schedule in [
+    ('cascade_maskrcnn', '3x'), ('dino_4scale', '12e'), ('mask2former', 'lsj_50e_coco'),
+    ('mask2former', 'lsj_50e_coco_panoptic')]), 'configs/detection/dino_5scale_davit_b_12e.py',
+    *(f'configs/segmentation/mask2former_davit_{v}_160k_ade20k.py' for v in 'tsb')]
+CONFIG_SHAPE = {f'mask2former_davit_{v}_160k_ade20k': (512, 512) for v in 'tsb'}
 MACS_NOTE = 'FLOPs counted as multiply-adds (1 MAC = 1 FLOP), as mmengine / fvcore and the paper do.'
 
 
@@ -132,13 +141,17 @@ def fake_batch(scope: str, shape: Tuple[int, int]) -> Dict[str, list]:
 def measure(config: str, shape: Optional[Sequence[int]] = None, cfg_options: Optional[dict] = None) -> Complexity:
     """Params and FLOPs of ``config``'s model on one ``shape`` (H, W) image (default: the paper's)."""
     cfg = load_config(config, cfg_options)
-    shape = tuple(shape) if shape else DEFAULT_SHAPE[cfg.default_scope]
+    shape = tuple(shape) if shape else CONFIG_SHAPE.get(Path(config).stem, DEFAULT_SHAPE[cfg.default_scope])
     model = build_model(cfg)
     params = count_params(model)
     with torch.no_grad():
         data = model.data_preprocessor(fake_batch(cfg.default_scope, shape), False)
     # Tensor mode (the forward's default) with the samples bound: the traced call takes the images only.
     model.forward = partial(model.forward, data_samples=data['data_samples'])
+    # mmseg's Mask2FormerHead wants the samples in tensor mode too, which EncoderDecoder._forward does not pass
+    head = getattr(model, 'decode_head', None)
+    if head is not None and 'batch_data_samples' in inspect.signature(head.forward).parameters:
+        head.forward = partial(head.forward, batch_data_samples=data['data_samples'])
     flops = flops_by_module(model, (data['inputs'], ))
     return Complexity(Path(config).stem, tuple(data['inputs'].shape[-2:]), params, flops[''], flops['backbone'])
 
@@ -163,7 +176,8 @@ def format_table(rows: List[Complexity]) -> str:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', nargs='?', help='model config (omit with --all)')
-    parser.add_argument('--all', action='store_true', help='the nine T/S/B paper configs (takes minutes on CPU)')
+    parser.add_argument('--all', action='store_true',
+                        help='the nine T/S/B paper configs, then HEAD_CONFIGS (takes long on CPU)')
     parser.add_argument('--shape', type=int, nargs='+', metavar='H W',
                         help='input height and width (one number: square); default: the paper\'s')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
@@ -179,7 +193,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    configs = [str(REPO / path) for path in PAPER_CONFIGS] if args.all else [args.config]
+    configs = [str(REPO / path) for path in PAPER_CONFIGS + HEAD_CONFIGS] if args.all else [args.config]
     rows = []
     for config in configs:
         rows.append(measure(config, args.shape, args.cfg_options))
