@@ -152,53 +152,57 @@ class WindowAttention(nn.Module):
         return out[:, :height, :width]
 
 
-class ChannelAttention(nn.Module):
+class ChannelGroupAttention(nn.Module):
+    """What both channel attentions share: one ``qkv`` Linear whose output is viewed as q, k, v of ``num_groups``
+    channel groups, and the output ``proj``. A subclass's ``mix_channels`` says how q, k and v mix channels."""
+
+    def __init__(self, dims: int, num_groups: int):
+        super().__init__()
+        self.num_groups = num_groups
+        self.qkv = nn.Linear(dims, dims * 3)
+        self.proj = nn.Linear(dims, dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, dims = x.shape
+        # Views of the qkv output, no copies; autograd's unbind backward stacks straight into qkv's layout.
+        q, k, v = self.qkv(x).view(batch, height * width, 3, self.num_groups, dims // self.num_groups).unbind(2)
+        out = self.mix_channels(q, k, v, height * width)  # (B, G, C_g, N)
+        return self.proj(out.permute(0, 3, 1, 2).reshape(batch, height, width, dims))
+
+    def mix_channels(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens) -> torch.Tensor:
+        """``(B, N, G, C_g)`` q, k, v of ``tokens`` = N tokens -> ``(B, G, C_g, N)``."""
+        raise NotImplementedError
+
+
+class ChannelAttention(ChannelGroupAttention):
     """Channel group attention (classic DaViT): per group, keys and values build a ``C_g x C_g`` map,
     ``softmax((k * C_g^-1/2)^T v)``, that mixes the queries' channels. The role order (k, v build the map;
     q is transformed) is the official one."""
 
     def __init__(self, dims: int, num_groups: int):
-        super().__init__()
-        self.num_groups = num_groups
+        super().__init__(dims, num_groups)
         self.scale = (dims // num_groups)**-0.5
-        self.qkv = nn.Linear(dims, dims * 3)
-        self.proj = nn.Linear(dims, dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, dims = x.shape
-        groups, group_dims = self.num_groups, dims // self.num_groups
-        # Views of the qkv output, no copies; autograd's unbind backward stacks straight into qkv's layout.
-        q, k, v = self.qkv(x).view(batch, height * width, 3, groups, group_dims).unbind(2)  # (B, N, G, C_g)
+    def mix_channels(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens) -> torch.Tensor:
         # Scaling k before the matmul, on these layouts, reproduces the reference's rounding bit for bit:
         # the logits sum over all tokens and the softmax would amplify any change.
         logits = FlushNegligible.apply((k * self.scale).permute(0, 2, 3, 1) @ v.transpose(1, 2))
         attn = FlushNegligible.apply(logits.softmax(dim=-1))  # (B, G, C_g, C_g)
-        out = (attn @ q.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).reshape(batch, height, width, dims)
-        return self.proj(out)
+        return attn @ q.permute(0, 2, 3, 1)
 
 
-class ChannelAttentionV2(nn.Module):
+class ChannelAttentionV2(ChannelGroupAttention):
     """Channel group attention v2 (Florence-2): per group, queries and keys build the map
     ``A = softmax((q * N^-1/2)^T k)``, N the token count of the stage map, and the output is ``v A^T``.
     Same ``qkv`` / ``proj`` parameters as ``ChannelAttention``; the roles of q, k, v and the scale differ."""
 
-    def __init__(self, dims: int, num_groups: int):
-        super().__init__()
-        self.num_groups = num_groups
-        self.qkv = nn.Linear(dims, dims * 3)
-        self.proj = nn.Linear(dims, dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, dims = x.shape
-        groups, group_dims = self.num_groups, dims // self.num_groups
-        q, k, v = self.qkv(x).view(batch, height * width, 3, groups, group_dims).unbind(2)  # (B, N, G, C_g)
-        # A Python float in eager mode, as in the reference. While tracing (jit.trace, ONNX) height and width
-        # are 0-dim tensors, so the scale is recorded as ops on the input's shape: N stays dynamic.
-        scale = (height * width)**-0.5
-        logits = FlushNegligible.apply((q * scale).permute(0, 2, 3, 1) @ k.transpose(1, 2))
+    def mix_channels(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tokens) -> torch.Tensor:
+        # The scale is a Python float in eager mode, as in the reference. While tracing (jit.trace, ONNX) height
+        # and width, hence ``tokens``, are 0-dim tensors: the scale is recorded as ops on the input's shape, so N
+        # stays dynamic.
+        logits = FlushNegligible.apply((q * tokens**-0.5).permute(0, 2, 3, 1) @ k.transpose(1, 2))
         attn = FlushNegligible.apply(logits.softmax(dim=-1))  # (B, G, C_g, C_g)
-        out = (attn @ v.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).reshape(batch, height, width, dims)
-        return self.proj(out)
+        return attn @ v.permute(0, 2, 3, 1)
 
 
 class DualBlock(nn.Module):
