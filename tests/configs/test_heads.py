@@ -212,3 +212,31 @@ def test_weights_runner_and_checkpoint_hook_as_the_paper_configs(name):
     assert cfg.custom_imports == dict(imports=['mmdavit'], allow_failed_imports=False)
     assert cfg.runner_type == 'mmdavit.DaViTRunner'
     assert cfg.default_hooks.checkpoint.type == 'mmdavit.AtomicCheckpointHook'
+
+
+def test_get_flops_all_covers_every_head_config():
+    from tests.tools.test_get_flops import get_flops
+    assert sorted(Path(p).stem for p in get_flops.HEAD_CONFIGS) == sorted(
+        name.split('/')[1] for name in CASCADE + DINO + MASK2FORMER)
+
+
+@pytest.mark.parametrize('name,out_indices', [('detection/dino_4scale_davit_t_12e', (1, 2, 3)),
+                                              ('detection/mask2former_davit_t_lsj_50e_coco', (0, 1, 2, 3)),
+                                              ('segmentation/mask2former_davit_t_160k_ade20k', (0, 1, 2, 3))])
+def test_get_flops_traces_the_transformer_heads(name, out_indices):
+    from tests.tools.test_get_flops import get_flops, hand_count
+    shape = (256, 320)  # DINO's two-stage query selection needs >= 900 encoder tokens
+    row = get_flops.measure(str(CONFIGS / f'{name}.py'), shape)
+    assert row.shape == shape
+    assert row.backbone_flops == pytest.approx(hand_count(shape, out_indices=out_indices), rel=5e-3)
+    assert row.flops > 1.5 * row.backbone_flops  # the deformable encoder / pixel decoder and decoders on top
+
+
+def test_metafiles_list_every_head_config():
+    import yaml
+    models = [m for folder in ('detection', 'segmentation')
+              for m in yaml.safe_load((CONFIGS / folder / 'metafile.yml').read_text())['Models']]
+    listed = {m['Config'] for m in models}
+    assert {f'configs/{name}.py' for name in CASCADE + DINO + MASK2FORMER} <= listed
+    assert all((CONFIGS.parent / config).is_file() for config in listed)
+    assert all(Path(m['Config']).stem == m['Name'] for m in models)
