@@ -159,8 +159,8 @@ def decay_ratio_problem(groups: List[dict]) -> str:
     frozen_moving = [g for g in groups if g.get('lr_mult', 1.0) == 0 and g['lr'] != 0]
     if frozen_moving:
         g = frozen_moving[0]
-        return (f'group {g.get("group_name", g["layer_id"])} has lr_mult=0 (frozen by custom_keys) but lr '
-                f'{g["lr"]:.4g}: a scheduler set it')
+        return (f'group {_group_label(g)} has lr_mult=0 (frozen by custom_keys) but lr {g["lr"]:.4g}: a scheduler '
+                'set it')
     ratios = [(g['lr'] / (g['lr_scale'] * g.get('lr_mult', 1.0)), g) for g in groups
               if g.get('lr_mult', 1.0) != 0 and g['lr_scale'] != 0]
     if not ratios:
@@ -168,10 +168,13 @@ def decay_ratio_problem(groups: List[dict]) -> str:
     (low, low_group), (high, high_group) = min(ratios, key=lambda r: r[0]), max(ratios, key=lambda r: r[0])
     if high - low <= RATIO_TOLERANCE * abs(high):
         return ''
-    name = lambda g: g.get('group_name', f'layer {g["layer_id"]}')  # noqa: E731
     return (f'the param groups\' learning rates no longer follow the layer-wise decay: lr / (lr_scale * lr_mult) '
-            f'should be the scheduled base lr for every group, but is {high:.4g} for {name(high_group)} and '
-            f'{low:.4g} for {name(low_group)} (layer_0_lr ... head_lr show it)')
+            f'should be the scheduled base lr for every group, but is {high:.4g} for {_group_label(high_group)} and '
+            f'{low:.4g} for {_group_label(low_group)} (layer_0_lr ... head_lr show it)')
+
+
+def _group_label(group: dict) -> str:
+    return group.get('group_name', f'layer {group["layer_id"]}')
 
 
 ABSOLUTE_LR_SCHEDULERS = ('OneCycleLR', 'ReduceOnPlateauLR')

@@ -142,6 +142,15 @@ def test_warns_when_the_ratios_break_after_a_scheduler_step(warnings):
     assert 'is 0.001907 for layer_0_decay' in warnings[0]  # 5e-4 / 0.8 ** 6, where the head has 0.001
 
 
+def test_a_frozen_group_that_a_scheduler_moved_is_named():
+    groups = [dict(layer_id=0, lr=1e-4, lr_scale=0.5, lr_mult=0.0, group_name='layer_0_decay[backbone.stem]'),
+              dict(layer_id=1, lr=1e-3, lr_scale=1.0)]
+    assert hooks.decay_ratio_problem(groups) == ('group layer_0_decay[backbone.stem] has lr_mult=0 (frozen by '
+                                                 'custom_keys) but lr 0.0001: a scheduler set it')
+    del groups[0]['group_name']  # groups of another constructor: named by their layer
+    assert hooks.decay_ratio_problem(groups).startswith('group layer 0 has lr_mult=0')
+
+
 def test_layer_lrs_divide_out_custom_lr_mult():
     groups = [dict(layer_id=0, lr=1.0), dict(layer_id=1, lr=30.0, lr_mult=10.0), dict(layer_id=1, lr=3.0)]
     assert hooks.layer_lrs(groups) == {'layer_0': 1.0, 'head': 3.0}
