@@ -24,10 +24,10 @@ DEFAULT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_m
 def parse_hf_hub_name(name: str) -> Tuple[str, Optional[str], Optional[str]]:
     """``hf-hub://OWNER/REPO[@REVISION][/FILE]`` -> (repo id, file or None, revision or None)."""
     parts = name[len(HF_HUB_PREFIX):].split('/', 2)
-    if len(parts) < 2 or not parts[0] or not parts[1] or (len(parts) == 3 and not parts[2]):
+    repo, at, revision = parts[1].partition('@') if len(parts) >= 2 else ('', '', '')
+    if not parts[0] or not repo or (at and not revision) or (len(parts) == 3 and not parts[2]):
         raise ValueError(f'{name}: expected {HF_HUB_PREFIX}OWNER/REPO, optionally followed by @REVISION and '
                          f'/FILE (e.g. {HF_HUB_PREFIX}timm/davit_tiny.msft_in1k/model.safetensors)')
-    repo, _, revision = parts[1].partition('@')
     return f'{parts[0]}/{repo}', (parts[2] if len(parts) == 3 else None), (revision or None)
 
 

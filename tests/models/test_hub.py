@@ -221,7 +221,8 @@ def test_parse_names(name, expected):
     assert parse_hf_hub_name(name) == expected
 
 
-@pytest.mark.parametrize('name', ['hf-hub://davit', 'hf-hub://timm/', 'hf-hub://timm/repo/'])
+@pytest.mark.parametrize('name', ['hf-hub://davit', 'hf-hub://timm/', 'hf-hub://timm/repo/', 'hf-hub://timm/repo@',
+                                  'hf-hub://timm/repo@/model.safetensors', 'hf-hub://timm/@v1'])
 def test_malformed_names_say_the_form(name):
     with pytest.raises(ValueError, match='expected hf-hub://OWNER/REPO'):
         parse_hf_hub_name(name)
