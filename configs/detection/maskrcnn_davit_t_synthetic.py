@@ -9,9 +9,10 @@ metainfo = dict(
     palette=[(230, 30, 30), (30, 190, 50), (40, 70, 230), (240, 210, 20)])
 image_scale = (160, 128)  # (w, h) of the generated images (make demo: --size 128 160)
 
-# CPU-sized heads (profiled: with mmdet's defaults the 4-conv mask head took 28% of an iteration and the
-# RoI path another 15%): at most 6 objects per image need far fewer proposals and sampled RoIs than COCO,
-# and a 2-conv, 128-channel mask head is plenty for four flat-coloured shapes (mask size stays 28x28).
+# CPU-sized heads (profiled on one thread: with mmdet's defaults the 4-conv mask head took 28% of an
+# iteration, RPN, RoI Align and the box head ~27%): at most 6 objects per image need far fewer proposals
+# and sampled RoIs than COCO, and a 2-conv, 128-channel mask head is plenty for four flat-coloured shapes
+# (mask size stays 28x28).
 model = dict(
     backbone=dict(init_cfg=None),
     roi_head=dict(
