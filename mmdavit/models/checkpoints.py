@@ -173,8 +173,8 @@ class ShardedCheckpoint(CheckpointFile):
         try:
             with open(index_path) as f:
                 weight_map = json.load(f)['weight_map']
-            if not isinstance(weight_map, dict):
-                raise TypeError('weight_map is not a mapping')
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError('weight_map is not a mapping from tensor names to shard file names')
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f'{index_path} is not a sharded-checkpoint index (a JSON file with a "weight_map" '
                              f'from tensor names to shard files): {type(error).__name__}: {error}') from error

@@ -306,6 +306,39 @@ def test_sharded_checkpoint_reads_only_the_vision_tower(tmp_path, narrow_timm, f
     assert read and all(k.startswith('vision_tower.') for k in read)  # the language model is never read
 
 
+@pytest.mark.parametrize('problem', ['not json', 'no weight_map', 'shard numbers', 'missing shard', 'wrong shard'])
+def test_broken_sharded_index_says_what_is_wrong(tmp_path, florence2_vlm, problem):
+    index = save_sharded(florence2_vlm, tmp_path, '.safetensors')
+    weight_map = json.loads(index.read_text())['weight_map']
+    first = next(iter(weight_map))
+    if problem == 'not json':
+        index.write_text('{"weight_map": ')
+    elif problem == 'no weight_map':
+        index.write_text(json.dumps({'metadata': {}}))
+    elif problem == 'shard numbers':
+        index.write_text(json.dumps({'weight_map': {key: 1 for key in weight_map}}))
+    elif problem == 'missing shard':
+        (tmp_path / 'model-00002-of-00003.safetensors').unlink()
+    else:  # the index sends the first tensor to a shard that does not hold it
+        index.write_text(json.dumps({'weight_map': dict(weight_map, **{first: 'model-00003-of-00003.safetensors'})}))
+    expected = {
+        'not json': (ValueError, f'{index} is not a sharded-checkpoint index (a JSON file with a "weight_map" from '
+                                 'tensor names to shard files): JSONDecodeError'),
+        'no weight_map': (ValueError, f"{index} is not a sharded-checkpoint index (a JSON file with a \"weight_map\" "
+                                      "from tensor names to shard files): KeyError: 'weight_map'"),
+        'shard numbers': (ValueError, 'TypeError: weight_map is not a mapping from tensor names to shard file names'),
+        'missing shard': (FileNotFoundError, f'Shard model-00002-of-00003.safetensors listed in {index} is missing: '
+                                             f'the shards must lie next to their index file ({tmp_path})'),
+        'wrong shard': (ValueError, f'{index} maps 1 tensors to shards that do not hold them (e.g. {first} in '
+                                    'model-00003-of-00003.safetensors): index and shards are from different '
+                                    'checkpoints'),
+    }
+    error, message = expected[problem]
+    with pytest.raises(error) as info:
+        load_pretrained(DaViT(arch=dict(NARROW)), str(index))
+    assert message in str(info.value)
+
+
 class RunsCode:
     """Pickles as a call to ``os.mkdir``: loading it without ``weights_only`` would create the folder."""
 
