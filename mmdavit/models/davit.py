@@ -95,8 +95,9 @@ class DaViT(BaseModule):
         init_cfg (dict | list[dict], optional): None: the official initialisation (truncated normal
             Linear, std 0.02). mmengine initialisers (e.g. ``dict(type='Kaiming', layer='Conv2d')``) override
             it for the layers they name; ``dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads
-            weights, after any other initialiser of the list (as mmengine orders it). Official, timm,
-            mmpretrain and mmdavit checkpoints are all accepted (see ``mmdavit.models.checkpoints``).
+            weights, after any other initialiser of the list (as mmengine orders it). ``PATH`` is a file in
+            any format of ``docs/checkpoint-formats.md`` (official, timm, mmpretrain, Florence-2, mmdavit;
+            torch, safetensors or sharded) or a name such as ``'hf-hub://timm/davit_tiny.msft_in1k'``.
 
     Example:
         >>> import torch
