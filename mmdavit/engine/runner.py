@@ -155,6 +155,9 @@ class DaViTRunner(Runner):
                 self.logger.info(f'{SKIP_BACKBONE_KEY}=True: loading neck and heads from {filename}, not its '
                                  f'{skipped} backbone tensors (the backbone keeps its init_cfg weights)')
         else:
+            if self.cfg.get(SKIP_BACKBONE_KEY, False):
+                self.logger.warning(f'{SKIP_BACKBONE_KEY}=True applies to load_from only: resuming loads all of '
+                                    f'{filename}, backbone included (it continues that run)')
             check_resumable(model, checkpoint, filename, revise_keys)
             self._warn_optimizer_overrides(checkpoint, filename)
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)

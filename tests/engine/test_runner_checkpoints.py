@@ -140,14 +140,14 @@ def test_resume_from_another_models_checkpoint_names_the_cause(trained, tmp_path
         runner.train()
 
 
-def resume_warnings(trained, work_dir, monkeypatch, **kwargs) -> list:
-    """Warnings of a resume from iter_2.pth (nothing left to train)."""
+def resume_warnings(trained, work_dir, monkeypatch, about='optimizer state', **kwargs) -> list:
+    """Warnings ``about`` something of a resume from iter_2.pth (nothing left to train)."""
     runner = make_runner(work_dir, load_from=str(trained / 'iter_2.pth'), resume=True, **kwargs)
     warnings = []
     monkeypatch.setattr(runner.logger, 'warning', lambda msg, *args, **kw: warnings.append(msg))
     runner.train()
     assert runner.iter == 2
-    return [w for w in warnings if 'optimizer state' in w]
+    return [w for w in warnings if about in w]
 
 
 def test_resume_warns_about_optimizer_settings_the_checkpoint_overrides(trained, tmp_path, monkeypatch):
@@ -158,6 +158,14 @@ def test_resume_warns_about_optimizer_settings_the_checkpoint_overrides(trained,
     assert f"the optimizer state in {trained / 'iter_2.pth'} replaces the config's settings: " in warning
     assert 'lr 0.002 (config) -> 0.001 (checkpoint), weight_decay 0.1 (config) -> 0.05 (checkpoint);' in warning
     assert resume_warnings(trained, tmp_path / 'same', monkeypatch) == []
+
+
+def test_resume_says_that_load_from_skip_backbone_does_not_apply(trained, tmp_path, monkeypatch):
+    (warning, ) = resume_warnings(trained, tmp_path, monkeypatch, about='load_from_skip_backbone',
+                                  cfg=dict(load_from_skip_backbone=True))
+    assert warning == (f"load_from_skip_backbone=True applies to load_from only: resuming loads all of "
+                       f"{trained / 'iter_2.pth'}, backbone included (it continues that run)")
+    assert resume_warnings(trained, tmp_path / 'without', monkeypatch, about='load_from_skip_backbone') == []
 
 
 def test_load_from_messages_speak_of_load_from(tmp_path):
