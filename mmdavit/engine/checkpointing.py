@@ -125,11 +125,15 @@ BACKBONE_PREFIX = 'backbone.'
 def check_local_file(filename: str, origin: str, work_dir: Optional[str] = None) -> None:
     """Raise for a local checkpoint path that is missing or a folder, in the words of what the user did."""
     if osp.isdir(filename):
-        found = sorted(glob.glob(osp.join(filename, '*.pth')), key=osp.getmtime)[-3:]
-        inside = f'it holds {", ".join(map(osp.basename, found))}' if found else 'it holds no .pth file'
+        # load_from also takes safetensors and sharded indexes (mmdavit.models.hub); resuming needs a Runner .pth
+        kinds = ('.pth', '.safetensors', '.index.json') if origin == LOAD_FROM else ('.pth', )
+        found = sorted((path for kind in kinds for path in glob.glob(osp.join(filename, '*' + kind))),
+                       key=osp.getmtime)[-3:]
+        named = ', '.join(kinds[:-1]) + f' or {kinds[-1]}' if len(kinds) > 1 else kinds[0]
+        inside = f'it holds {", ".join(map(osp.basename, found))}' if found else f'it holds no {named} file'
         what = 'load_from' if origin == LOAD_FROM else 'The checkpoint to resume from,'
         raise IsADirectoryError(f'{what} {filename} is a folder, not a checkpoint file ({inside}): give the '
-                                'path of the .pth file')
+                                f'path of the {named} file')
     if osp.exists(filename):
         return
     where = '' if osp.isabs(filename) else f' (relative to {os.getcwd()})'

@@ -172,7 +172,11 @@ def test_load_from_messages_speak_of_load_from(tmp_path):
     runner = make_runner(tmp_path / 'work')
     (tmp_path / 'folder').mkdir()
     with pytest.raises(IsADirectoryError, match=r'^load_from .*folder is a folder, not a checkpoint file \(it holds '
-                       r'no .pth file\): give the path of the .pth file$'):
+                       r'no .pth, .safetensors or .index.json file\): give the path of the .pth, .safetensors or '
+                       r'.index.json file$'):
+        runner.load_checkpoint(str(tmp_path / 'folder'))
+    (tmp_path / 'folder' / 'model.safetensors').write_bytes(b'')
+    with pytest.raises(IsADirectoryError, match=r'\(it holds model.safetensors\)'):
         runner.load_checkpoint(str(tmp_path / 'folder'))
     with pytest.raises(FileNotFoundError, match=r'^load_from checkpoint not found: .*missing.pth$'):
         runner.load_checkpoint(str(tmp_path / 'missing.pth'))
