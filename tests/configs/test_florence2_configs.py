@@ -95,3 +95,11 @@ def test_florence2_synthetic_config_trains_and_loss_falls(tmp_path, monkeypatch)
     assert losses[-1] < 0.95 * losses[0], losses
     layer_lrs = [r for r in records if 'layer_0_lr' in r]
     assert layer_lrs and layer_lrs[0]['layer_0_lr'] == pytest.approx(layer_lrs[0]['head_lr'] * 0.9**13, rel=1e-6)
+
+
+def test_metafiles_list_the_florence2_configs():
+    import yaml
+    listed = {m['Config'] for folder in ('detection', 'segmentation')
+              for m in yaml.safe_load((CONFIGS / folder / 'metafile.yml').read_text())['Models']
+              if m['In Collection'] == 'DaViT-Florence2'}
+    assert listed == {f'configs/{name}.py' for name in FLORENCE2}
