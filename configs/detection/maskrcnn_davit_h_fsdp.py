@@ -1,6 +1,7 @@
-# Mask R-CNN + FPN with DaViT-H (362M-parameter backbone), trained with FSDP: parameters, gradients and AdamW
-# state sharded over the GPUs (each holds 1/N of them), one FSDP unit per DaViT layer (spatial + channel block),
-# activation checkpointing in every block. Recipe otherwise as maskrcnn_davit_t.py (1x, AdamW 1e-4, 8 GPUs x 2).
+# Mask R-CNN + FPN with DaViT-H (347M-parameter backbone, 368M in all), trained with FSDP: parameters,
+# gradients and AdamW state sharded over the GPUs (each holds 1/N of them), one FSDP unit per DaViT layer
+# (spatial + channel block), activation checkpointing in every block. Recipe otherwise as maskrcnn_davit_t.py
+# (1x, AdamW 1e-4, 8 GPUs x 2).
 # Launch: tools/dist_train.sh configs/detection/maskrcnn_davit_h_fsdp.py 8 (README, "Training large models").
 # Checkpoints are ordinary full state dicts: test and infer with this config or any unsharded Mask R-CNN one.
 _base_ = './maskrcnn_davit_t.py'

@@ -93,9 +93,9 @@ class DaViTFSDPStrategy(FSDPStrategy):
         if torch.cuda.is_available():
             return super()._setup_distributed(launcher, backend, **kwargs)
         if launcher != 'pytorch':
-            raise RuntimeError(f'--launcher {launcher} needs CUDA GPUs (mmengine assigns each process a GPU) and none '
-                               'is available: on CPU, launch with tools/dist_train.sh or torchrun (--launcher pytorch), '
-                               'which train over gloo')
+            raise RuntimeError(f'--launcher {launcher} needs CUDA GPUs (mmengine assigns each process a GPU) and '
+                               'none is available: on CPU, launch with tools/dist_train.sh or torchrun '
+                               '(--launcher pytorch), which train over gloo')
         timeout = kwargs.get('timeout')
         # init_method env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE, as torchrun sets them.
         torch_dist.init_process_group('gloo', timeout=timedelta(seconds=timeout) if timeout else None)
@@ -110,6 +110,8 @@ class DaViTFSDPStrategy(FSDPStrategy):
         return super()._wrap_model(model)
 
     def build_optim_wrapper(self, optim_wrapper, model: Optional[nn.Module] = None):
+        if isinstance(optim_wrapper, dict) and isinstance(model, FSDP):
+            check_names_under_fsdp(optim_wrapper, model)
         if isinstance(optim_wrapper, dict) and optim_wrapper.get('type') in AMP_TYPES:
             if not torch.cuda.is_available():
                 self.logger.info('AmpOptimWrapper without a GPU: mixed precision in bfloat16 autocast on the CPU')
@@ -191,6 +193,23 @@ class DaViTFSDPStrategy(FSDPStrategy):
         if incompatible.missing_keys or incompatible.unexpected_keys:
             self.logger.warning(f'Checkpoint and model differ: missing keys {incompatible.missing_keys}, '
                                 f'unexpected keys {incompatible.unexpected_keys}')
+
+
+def check_names_under_fsdp(optim_wrapper: dict, model: nn.Module) -> None:
+    """The optimizer constructor sees the sharded model's parameter names, with ``_fsdp_wrapped_module.``
+    before each DaViT layer's: refuse what would then silently select other parameters."""
+    if 'LayerDecay' in str(optim_wrapper.get('constructor', '')):
+        raise ValueError('Layer-wise LR decay (DaViTLayerDecayOptimWrapperConstructor) is not supported with '
+                         'DaViTFSDPStrategy yet: it reads layer ids from parameter names, which FSDP changes. '
+                         'Train with DaViTRunner (DDP), or drop the constructor')
+    names = [name for name, _ in model.named_parameters()]
+    for key in (optim_wrapper.get('paramwise_cfg') or {}).get('custom_keys', {}):
+        moved = [n for n in names if (key in n) != (key in n.replace('_fsdp_wrapped_module.', ''))]
+        if moved:
+            raise ValueError(f'paramwise_cfg.custom_keys[{key!r}] names parameters inside DaViT layers (e.g. '
+                             f'{moved[0].replace("_fsdp_wrapped_module.", "")}), which under FSDP are called '
+                             f'{moved[0]}: the key would not match them. Use a key that does not span the '
+                             'layer boundary (e.g. "spatial.norm1" instead of "blocks.0.spatial.norm1")')
 
 
 def resumable_loop(loop: dict) -> dict:

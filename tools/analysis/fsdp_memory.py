@@ -192,7 +192,8 @@ def gib(n: float) -> str:
 def report(results: dict, args) -> List[str]:
     lines = [f'Per-rank state of {osp.basename(args.config)} (GiB; params + grads + AdamW state at the optimizer '
              'step, tensor accounting):', '',
-             '| strategy | ranks | params | grads | AdamW state | total per rank | vs DDP |', '|---|---|---|---|---|---|---|']
+             '| strategy | ranks | params | grads | AdamW state | total per rank | vs DDP |',
+             '|---|---|---|---|---|---|---|']
     ddp = results.get('ddp')
     if ddp:
         extra = f' (+ {gib(ddp["ddp_buckets"])} DDP buckets)' if ddp.get('ddp_buckets') else ''
