@@ -230,8 +230,10 @@ def resumable_loop(loop: dict) -> dict:
 class DaViTFlexibleRunner(FlexibleRunner):
     """mmengine's ``FlexibleRunner`` (strategies: FSDP, DeepSpeed, ...) with ``DaViTRunner``'s guarantees:
     checkpoints written atomically (for strategies that write one file from rank 0: DDP, FSDP with full
-    state dicts), ``last_checkpoint`` replaced atomically, mid-epoch resume at the same iteration and data
-    order, clear errors for missing datasets (and, with :class:`DaViTFSDPStrategy`, for bad checkpoints)."""
+    state dicts; ``last_checkpoint`` through ``AtomicCheckpointHook``), mid-epoch resume at the same iteration
+    and data order, clear errors for missing datasets (and, with :class:`DaViTFSDPStrategy`, for bad
+    checkpoints). Checkpoints also carry every rank's random states, which a resume on the same number of
+    ranks restores (``DaViTRunner`` restores them in single-process runs only)."""
 
     build_dataloader = staticmethod(DaViTRunner.build_dataloader)
     loaded_checkpoint_meta: Optional[dict] = None
