@@ -52,6 +52,20 @@ def assert_loss_falls(records: list, iterations: int) -> None:
     assert sum(losses[-2:]) < sum(losses[:2]), losses
 
 
+def narrow(cfg: Config) -> None:
+    """Test-sized heads (the suite's time budget): narrower cascade heads, fewer transformer layers."""
+    model = cfg.model
+    if model.type == 'CascadeRCNN':
+        for head in model.roi_head.bbox_head:
+            head.update(conv_out_channels=32, fc_out_channels=128)
+        model.roi_head.mask_head.conv_out_channels = 32
+    elif model.type == 'DINO':
+        model.encoder.num_layers = model.decoder.num_layers = 2
+    else:  # Mask2Former
+        model.panoptic_head.pixel_decoder.encoder.num_layers = 2
+        model.panoptic_head.transformer_decoder.num_layers = 3
+
+
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp('heads_data'))
@@ -71,6 +85,7 @@ def test_synthetic_twin_trains_and_evaluates(tmp_path, monkeypatch, data, name, 
     cfg.merge_from_dict(Config.fromfile(str(extra)).to_dict())
     cfg.work_dir = str(tmp_path / 'work')
     cfg.visualizer.name = f'visualizer_{tmp_path.name}'  # mmdet's 'visualizer' instance would outlive the test
+    narrow(cfg)
     RUNNERS.build(cfg).train()
     records = scalars(tmp_path / 'work')
     assert_loss_falls(records, iterations)
