@@ -12,7 +12,7 @@ strategy = dict(type='mmdavit.DaViTFSDPStrategy')
 init_weights_for_test_or_val = False
 
 # DaViT-H weights (Ding et al. pre-trained them on a private dataset) were not released: put yours here, or use
-# maskrcnn_florence2_l_fsdp.py, whose Florence-2-large tower is public and of the same size.
+# maskrcnn_florence2_large_fsdp.py, whose Florence-2-large tower is public and of the same size.
 pretrained = 'checkpoints/davit_h.pth'
 model = dict(
     backbone=dict(arch='huge', with_cp=True, init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

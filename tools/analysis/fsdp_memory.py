@@ -2,7 +2,7 @@
 """Training memory of a detector config under DDP and FSDP on CPU ranks: what each rank holds, and one
 training step's peak with and without activation checkpointing.
 
-    python tools/analysis/fsdp_memory.py configs/detection/maskrcnn_florence2_l_fsdp.py
+    python tools/analysis/fsdp_memory.py configs/detection/maskrcnn_florence2_large_fsdp.py
     python tools/analysis/fsdp_memory.py CONFIG --ranks 1 2 --image-size 512 512 --json memory.json
 
 1. Per-rank state (tensor accounting, not RSS): the bytes of parameters, gradients and AdamW state one rank
