@@ -107,6 +107,10 @@ class DaViTFSDPStrategy(FSDPStrategy):
         self.model_wrapper.setdefault('auto_wrap_policy', ModuleWrapPolicy({DaViTLayer}))
         if not torch.cuda.is_available():
             self.model_wrapper.setdefault('device_id', torch.device('cpu'))  # mmengine passes the CUDA index
+            # FSDP gathers each optimizer state (exp_avg, exp_avg_sq, ...) into one reused buffer and, with
+            # offload_to_cpu, keeps views of it (its "copy to the CPU" is a no-op on CPU ranks): every state
+            # would come out as the last one gathered (torch 2.14). Without offloading, FSDP clones them.
+            self.optim_state_dict_config.offload_to_cpu = False
         return super()._wrap_model(model)
 
     def build_optim_wrapper(self, optim_wrapper, model: Optional[nn.Module] = None):

@@ -8,9 +8,9 @@ images, 2 ranks, 1 image each) with a checkpoint after every iteration, three wa
 * FSDP killed (SIGKILL, both ranks) right after the checkpoint of iteration 3, mid-epoch, then resumed in
   fresh processes.
 
-The resumed run's final weights are not compared with the uninterrupted run's: two fresh 2-rank runs of this
-detector on gloo were seen to differ by up to one learning-rate step with the same weights, data and random
-states (single-process runs do not), so the test compares what resume restores instead.
+The resumed run's final weights equal the uninterrupted run's bit for bit. (They once differed by up to one
+learning-rate step: FSDP's gathered optimizer state on CPU ranks had exp_avg_sq overwrite exp_avg in every
+checkpoint, which ``DaViTFSDPStrategy`` now avoids.)
 
 Each ``mp.spawn`` of 2 processes does several runs, so that the imports are paid once per spawn.
 """
@@ -191,10 +191,29 @@ def test_fsdp_trains_the_same_parameters_as_ddp(runs):
     assert len(trained) > len(fsdp) // 2, 'the compared weights are ones that training moved'
 
 
+def test_fsdp_checkpoint_holds_the_same_adamw_moments_as_ddp(runs):
+    """The AdamW moments FSDP gathers into the checkpoint are DDP's, parameter by parameter (on CPU ranks
+    torch's gathering once returned exp_avg_sq as exp_avg as well). DDP keys them by position in the
+    optimizer, which follows the state dict's order. Tolerance: rtol 1e-5 (atol 1e-12 for entries near 0),
+    since fused AdamW rounds a parameter's elements differently when FSDP splits it between the ranks'
+    shards (seen: one exp_avg_sq element 2.8e-14 apart); swapped moments differ by orders of magnitude."""
+    fsdp = torch.load(runs['work']['fsdp'] / f'iter_{ITERS}.pth', map_location='cpu', weights_only=True)
+    ddp = torch.load(runs['work']['ddp'] / f'iter_{ITERS}.pth', map_location='cpu', weights_only=True)
+    names = [k[len('module.'):] for k in ddp['state_dict']]
+    assert len(names) == len(ddp['optimizer']['state']) == len(fsdp['optimizer']['state'])
+    for index, name in enumerate(names):
+        for moment in ('exp_avg', 'exp_avg_sq'):
+            torch.testing.assert_close(fsdp['optimizer']['state'][name][moment],
+                                       ddp['optimizer']['state'][index][moment], rtol=1e-5, atol=1e-12,
+                                       msg=lambda m: f'{name} {moment}: {m}')
+
+
 def test_killed_and_resumed_run_continues_exactly(runs):
     """Killed after iteration 3 (mid-epoch 2), resumed in fresh processes: the model and AdamW state are the
-    checkpoint's, bit for bit, and iteration 4 starts on each rank with the uninterrupted run's samples and
-    torch and NumPy random states (what this detector's training draws from)."""
+    checkpoint's, bit for bit, iteration 4 starts on each rank with the uninterrupted run's samples and
+    torch and NumPy random states (what this detector's training draws from), and ends with the uninterrupted
+    run's weights, bit for bit (tolerance 0: the same state, data and single-threaded kernels give the same
+    floats; anything lost on the way, e.g. one AdamW moment, moves every weight by up to a learning rate)."""
     work = runs['work']
     assert runs['interrupted'] == [f'iter_{i}.pth' for i in range(1, KILL_AFTER + 1)]
     log = '\n'.join(p.read_text() for p in work['killed'].rglob('*.log'))
@@ -214,6 +233,10 @@ def test_killed_and_resumed_run_continues_exactly(runs):
         actual = torch.load(work['killed'] / f'probe_iter{ITERS}_rank{rank}.pth', weights_only=True)
         assert actual['samples'] == expected['samples'], rank
         assert torch.equal(actual['torch'], expected['torch']) and torch.equal(actual['numpy'], expected['numpy'])
+    uninterrupted, resumed = weights(work['fsdp'] / f'iter_{ITERS}.pth'), weights(work['killed'] / f'iter_{ITERS}.pth')
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key
 
 
 def test_fsdp_checkpoint_loads_into_a_plain_model_with_the_same_outputs(runs):
