@@ -115,9 +115,9 @@ def spawn(runs: list) -> None:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    # One hash seed for all processes: with random ones (each fresh interpreter's default), two fresh runs of
-    # this detector on 2 gloo ranks were seen to differ from the first iteration's RoI losses on (same
-    # weights, data and random states; single-process runs do not), which would hide what resume changes.
+    # One hash seed for all processes, as a precaution: fresh 2-rank runs were once seen to differ from the
+    # first iteration's RoI losses on, a cause never found (runs with hash seeds 0, 1 and random ones, after
+    # the fix of the gathered AdamW moments, all gave the same weights bit for bit).
     saved = os.environ.get('PYTHONHASHSEED')
     os.environ['PYTHONHASHSEED'] = '0'
     try:
