@@ -34,6 +34,7 @@ def test_lrd_synthetic_config_trains_and_logs_layer_lrs(tmp_path, monkeypatch, n
     cfg.merge_from_dict(Config.fromfile(str(extra)).to_dict())
     cfg.work_dir = str(tmp_path / 'work')
     cfg.experiment_name = f'lrd_{tmp_path.name}'
+    cfg.visualizer.name = f'visualizer_{tmp_path.name}'  # mmdet's 'visualizer' instance would outlive the test
     RUNNERS.build(cfg).train()
     records = [json.loads(line) for line in next((tmp_path / 'work').glob('*/vis_data/scalars.json')).open()]
     train = [r for r in records if 'layer_0_lr' in r]
