@@ -87,6 +87,14 @@ def test_cli_prints_the_row_and_the_mac_convention(capsys):
         get_flops.main([])  # neither CONFIG nor --all
 
 
+def test_cli_leaves_the_paper_columns_empty_for_a_changed_model(capsys):
+    get_flops.main([str(REPO / 'configs/segmentation/upernet_davit_t.py'), '--shape', '64',
+                    '--cfg-options', 'model.backbone.arch=florence2-base',
+                    'model.decode_head.in_channels=[128,256,512,1024]', 'model.auxiliary_head.in_channels=512'])
+    row = next(line for line in capsys.readouterr().out.splitlines() if 'upernet_davit_t' in line)
+    assert row.startswith('| upernet_davit_t (--cfg-options) | 64x64 |') and row.endswith('| - | - |')
+
+
 @pytest.mark.parametrize('config, paper', [('maskrcnn_davit_t_3x', '| 47.8 | 263 |'),
                                            ('retinanet_davit_b_3x', '| 98.5 | 471 |'),
                                            ('upernet_davit_s', '| 81 | 1030 |'),

@@ -153,7 +153,9 @@ def measure(config: str, shape: Optional[Sequence[int]] = None, cfg_options: Opt
     if head is not None and 'batch_data_samples' in inspect.signature(head.forward).parameters:
         head.forward = partial(head.forward, batch_data_samples=data['data_samples'])
     flops = flops_by_module(model, (data['inputs'], ))
-    return Complexity(Path(config).stem, tuple(data['inputs'].shape[-2:]), params, flops[''], flops['backbone'])
+    # A model changed by --cfg-options is no longer the paper's: its row must not show the paper's figures.
+    label = Path(config).stem + (' (--cfg-options)' if cfg_options else '')
+    return Complexity(label, tuple(data['inputs'].shape[-2:]), params, flops[''], flops['backbone'])
 
 
 def paper_figures(config: str) -> Tuple[Any, Any]:
