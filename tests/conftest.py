@@ -1,8 +1,10 @@
+import errno
 import logging
 import os
 
 import pytest
 import torch
+from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.logging import MMLogger
 
 # Two cores on CI: intra-op threads beyond that only add contention.
@@ -24,3 +26,24 @@ def log_records():
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """``disk_full_at('iter_2')``: a checkpoint write whose path contains that text writes half its bytes, then
+    fails as a full disk would; other writes go through. Returns the original ``LocalBackend.put``."""
+    original_put = LocalBackend.put
+
+    def install(marker: str):
+
+        def put_fails_half_way(self, obj, filepath):
+            if marker in str(filepath):
+                with open(filepath, 'wb') as f:
+                    f.write(obj[:len(obj) // 2])
+                raise OSError(errno.ENOSPC, 'No space left on device (simulated)')
+            return original_put(self, obj, filepath)
+
+        monkeypatch.setattr(LocalBackend, 'put', put_fails_half_way)
+        return original_put
+
+    return install

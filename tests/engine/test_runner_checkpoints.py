@@ -2,14 +2,12 @@
 refusing another backbone (and its neck-and-heads opt-out), resume refusing another model, optimizer
 settings a resume overrides, messages that fit ``load_from`` or resume, URL schemes left to mmengine, and
 ``mmdavit.AtomicCheckpointHook`` in our configs instead of a silently swapped ``CheckpointHook``."""
-import errno
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 from mmengine.config import Config
-from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.runner import CheckpointLoader
 
@@ -46,17 +44,8 @@ def test_checkpoint_names_with_a_folder(tmp_path):
     assert files(tmp_path, '*.partial') == []
 
 
-def test_failed_write_into_a_folder_leaves_no_partial_file(tmp_path, monkeypatch):
-    original_put = LocalBackend.put
-
-    def put_fails_half_way(self, obj, filepath):
-        if 'iter_2' in str(filepath):
-            with open(filepath, 'wb') as f:
-                f.write(obj[:len(obj) // 2])
-            raise OSError(errno.ENOSPC, 'No space left on device (simulated)')
-        return original_put(self, obj, filepath)
-
-    monkeypatch.setattr(LocalBackend, 'put', put_fails_half_way)
+def test_failed_write_into_a_folder_leaves_no_partial_file(tmp_path, disk_full_at):
+    disk_full_at('iter_2')
     with pytest.raises(OSError, match='simulated'):
         make_runner(tmp_path, checkpoint=dict(ATOMIC, filename_tmpl='ckpts/iter_{}.pth')).train()
     assert files(tmp_path, '*.pth') == ['ckpts/iter_1.pth'] and files(tmp_path, '*.partial') == []

@@ -13,7 +13,6 @@ What mmengine 0.10 does alone, and what ``DaViTRunner`` changes (see ``mmdavit/e
   new one; ``DaViTRunner`` writes to a partial file and renames it into place, and the
   ``mmdavit.AtomicCheckpointHook`` our configs name then updates ``last_checkpoint``, then deletes.
 """
-import errno
 import os
 import signal
 import subprocess
@@ -144,7 +143,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, tiny_data, case)
     assert_same_tensors(final['param_schedulers'], reference_final['param_schedulers'], 'param_schedulers')
 
 
-def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, tiny_data, monkeypatch):
+def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, tiny_data, monkeypatch, disk_full_at):
     """A write that dies half-way (here: disk full) leaves the previous checkpoint, even with
     max_keep_ckpts=1, and last_checkpoint pointing at it; resuming from it then works."""
     every_iteration = 'default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=1))\n'
@@ -152,16 +151,7 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, tiny_data, 
     resume_config = write_config(tmp_path / 'configs_resume', 'segmentation', tiny_data, every_iteration,
                                  'resume = True\n')
     work_dir = tmp_path / 'work'
-    original_put = LocalBackend.put
-
-    def put_fails_half_way(self, obj, filepath):
-        if 'iter_2' in str(filepath):
-            with open(filepath, 'wb') as f:
-                f.write(obj[:len(obj) // 2])
-            raise OSError(errno.ENOSPC, 'No space left on device (simulated)')
-        return original_put(self, obj, filepath)
-
-    monkeypatch.setattr(LocalBackend, 'put', put_fails_half_way)
+    original_put = disk_full_at('iter_2')
     with pytest.raises(OSError, match='simulated'):
         build_runner(config, work_dir).train()
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_1.pth')
