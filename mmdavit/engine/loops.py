@@ -154,3 +154,17 @@ class ResumableIterBasedTrainLoop(ResumableLoopMixin, IterBasedTrainLoop):
 
 RESUMABLE_LOOPS = {EpochBasedTrainLoop: ResumableEpochBasedTrainLoop, IterBasedTrainLoop: ResumableIterBasedTrainLoop}
 LOOP_NAMES = {'EpochBasedTrainLoop': EpochBasedTrainLoop, 'IterBasedTrainLoop': IterBasedTrainLoop}
+
+
+def resumable_loop(loop: dict) -> dict:
+    """mmengine's epoch- and iteration-based loop configs as their resumable versions (custom loops stay)."""
+    loop = dict(loop)
+    loop_type = loop.get('type')
+    if loop_type is None and 'by_epoch' in loop:
+        loop_type = EpochBasedTrainLoop if loop.pop('by_epoch') else IterBasedTrainLoop
+    if isinstance(loop_type, str):
+        loop_type = LOOP_NAMES.get(loop_type[len('mmengine.'):] if loop_type.startswith('mmengine.') else loop_type,
+                                   loop_type)
+    if loop_type in RESUMABLE_LOOPS:
+        loop['type'] = RESUMABLE_LOOPS[loop_type]
+    return loop

@@ -28,7 +28,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper, revert_sync_batchnorm
 from mmengine.optim import OptimWrapper
-from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
+from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.loops import BaseLoop
 from torch import nn
@@ -38,7 +38,7 @@ from mmdavit.registry import RUNNERS
 from .checkpointing import (AUTO_RESUME, LOAD_FROM, RESUME, SKIP_BACKBONE_KEY, check_resumable, check_same_model,
                             is_local, optimizer_overrides, read_checkpoint_file, replacing, without_backbone)
 from .cpu_amp import AMP_TYPES, CPUAmpOptimWrapper
-from .loops import RESUMABLE_LOOPS, LOOP_NAMES, RNG_META_KEY, ResumableLoopMixin, capture_rng_state
+from .loops import RNG_META_KEY, ResumableLoopMixin, capture_rng_state, resumable_loop
 
 DATASET_HINTS = {
     'CocoDataset': ('COCO: download train2017.zip, val2017.zip and annotations_trainval2017.zip from '
@@ -73,17 +73,7 @@ class DaViTRunner(Runner):
 
     def build_train_loop(self, loop: Union[BaseLoop, Dict]) -> BaseLoop:
         """mmengine's epoch- and iteration-based loops become their resumable versions; custom loops stay."""
-        if isinstance(loop, dict):
-            loop = dict(loop)
-            loop_type = loop.get('type')
-            if loop_type is None and 'by_epoch' in loop:
-                loop_type = EpochBasedTrainLoop if loop.pop('by_epoch') else IterBasedTrainLoop
-            if isinstance(loop_type, str):
-                loop_type = LOOP_NAMES.get(loop_type[len('mmengine.'):] if loop_type.startswith('mmengine.')
-                                           else loop_type, loop_type)
-            if loop_type in RESUMABLE_LOOPS:
-                loop['type'] = RESUMABLE_LOOPS[loop_type]
-        return super().build_train_loop(loop)
+        return super().build_train_loop(resumable_loop(loop) if isinstance(loop, dict) else loop)
 
     def build_optim_wrapper(self, optim_wrapper):
         if isinstance(optim_wrapper, dict) and optim_wrapper.get('type') in AMP_TYPES and get_device() == 'cpu':

@@ -36,7 +36,7 @@ from mmengine._strategy.base import BaseStrategy
 from mmengine.device import get_device
 from mmengine.dist import all_gather_object, is_main_process
 from mmengine.model import is_model_wrapper
-from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, IterBasedTrainLoop
+from mmengine.runner import FlexibleRunner
 from mmengine.runner.loops import BaseLoop
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -46,7 +46,7 @@ from mmdavit.registry import RUNNERS, STRATEGIES
 from .checkpointing import (LOAD_FROM, RESUME, check_resumable, check_same_model, is_local, partial_path,
                             read_checkpoint_file, replacing)
 from .cpu_amp import AMP_TYPES, CPUAmpOptimWrapper
-from .loops import LOOP_NAMES, RESUMABLE_LOOPS, RNG_META_KEY, ResumableLoopMixin, capture_rng_state
+from .loops import RNG_META_KEY, ResumableLoopMixin, capture_rng_state, resumable_loop
 from .runner import DaViTRunner
 
 RANK_RNG_META_KEY = 'rng_state_per_rank'  # in checkpoint['meta'], beside loops.RNG_META_KEY (rank 0's)
@@ -214,20 +214,6 @@ def check_names_under_fsdp(optim_wrapper: dict, model: nn.Module) -> None:
                              f'{moved[0].replace("_fsdp_wrapped_module.", "")}), which under FSDP are called '
                              f'{moved[0]}: the key would not match them. Use a key that does not span the '
                              'layer boundary (e.g. "spatial.norm1" instead of "blocks.0.spatial.norm1")')
-
-
-def resumable_loop(loop: dict) -> dict:
-    """mmengine's epoch- and iteration-based loop configs as their resumable versions (custom loops stay)."""
-    loop = dict(loop)
-    loop_type = loop.get('type')
-    if loop_type is None and 'by_epoch' in loop:
-        loop_type = EpochBasedTrainLoop if loop.pop('by_epoch') else IterBasedTrainLoop
-    if isinstance(loop_type, str):
-        loop_type = LOOP_NAMES.get(loop_type[len('mmengine.'):] if loop_type.startswith('mmengine.') else loop_type,
-                                   loop_type)
-    if loop_type in RESUMABLE_LOOPS:
-        loop['type'] = RESUMABLE_LOOPS[loop_type]
-    return loop
 
 
 @RUNNERS.register_module()
