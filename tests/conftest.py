@@ -7,6 +7,15 @@ import torch
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.logging import MMLogger
 
+from mmdavit.compat import torch_at_least
+
+
+def requires_torch(version: str, feature: str):
+    """Skip a test of ``feature`` on a torch older than ``version``, printing why (``make test-oldest``)."""
+    return pytest.mark.skipif(not torch_at_least(version),
+                              reason=f'{feature} needs torch >= {version} (this is torch {torch.__version__})')
+
+
 # Two cores on CI: intra-op threads beyond that only add contention.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
