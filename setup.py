@@ -64,6 +64,7 @@ setup(
                               '.mim/tools/**/*']},
     cmdclass={'build_py': build_py_with_pth, 'editable_wheel': editable_wheel_with_pth},
     install_requires=requirements('requirements/runtime.txt'),
-    extras_require={'tests': requirements('requirements/tests.txt')},
+    extras_require={'tests': requirements('requirements/tests.txt'),
+                    'deploy': requirements('requirements/deploy.txt')},
     zip_safe=False,
 )
