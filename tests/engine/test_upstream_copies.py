@@ -6,8 +6,9 @@ import inspect
 
 import mmengine
 import pytest
+from mmengine._strategy import FSDPStrategy
 from mmengine.hooks import CheckpointHook
-from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
+from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, IterBasedTrainLoop, Runner
 
 # upstream method -> (sha256 of its source in mmengine 0.10.7, what in mmdavit follows it)
 PINNED = {
@@ -41,6 +42,27 @@ PINNED = {
         '9c653d074f9216315d8fe9fb6db0e24e7bbcd386b4f5dfb9d8932be55bb6e68b',
         "DaViTRunner.resume tells resume=True alone (path from last_checkpoint) from --resume PATH by this "
         'method\'s rule'),
+    'FSDPStrategy.load_optim_state_dict': (
+        FSDPStrategy.load_optim_state_dict,
+        'cd4df4cbc6655fa1f77e6c298437a30d5a42732b7419d9da06e68548c02d27db',
+        'DaViTFSDPStrategy.load_optim_state_dict (mmdavit/engine/strategies.py) replaces it: mmengine calls '
+        'FSDP.optim_state_dict_to_load with torch < 2.1\'s argument order'),
+    'FSDPStrategy._wrap_model': (
+        FSDPStrategy._wrap_model,
+        '104d1f5584d33d99ecb38ae7c264e8cf6ed84469dadb56acd12db259a26a9cfe',
+        'DaViTFSDPStrategy._wrap_model (mmdavit/engine/strategies.py) sets model_wrapper defaults before calling '
+        'it (auto_wrap_policy; device_id=cpu on CPU ranks, where mmengine passes int(LOCAL_RANK)) and relies on '
+        'it building MMFullyShardedDataParallel from self.model_wrapper and setting the state-dict types'),
+    'FlexibleRunner.resume': (
+        FlexibleRunner.resume,
+        'ed1d4658229635bf88a00124f2ba96c6c50fe0b00e104f487a351c46d101fff8',
+        'DaViTFlexibleRunner.resume / call_hook (mmdavit/engine/strategies.py) take the checkpoint meta from the '
+        'after_load_checkpoint hook, since this method does not return the checkpoint'),
+    'FlexibleRunner.save_checkpoint': (
+        FlexibleRunner.save_checkpoint,
+        'aa50d00a0248375368baf9e9c929d22c8a35772ff6e868037183db23edbdb4bc',
+        'DaViTFlexibleRunner.save_checkpoint (mmdavit/engine/strategies.py) calls it with a partial file name to '
+        'write atomically, and relies on it passing meta through to the checkpoint'),
 }
 
 
