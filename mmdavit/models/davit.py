@@ -62,11 +62,29 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
     if len(spec['depths']) != len(spec['num_heads']):
         raise ValueError(f'DaViT arch has {len(spec["depths"])} depths but {len(spec["num_heads"])} '
                          'num_heads; give one of each per stage')
+    spec['embed_dims'] = first_stage_width(spec['embed_dims'], len(spec['depths']))
     for key, choices in (('downsample', DOWNSAMPLES), ('channel_attention', CHANNEL_ATTENTIONS)):
         if spec[key] not in choices:
             raise ValueError(f'DaViT arch {key}={spec[key]!r} is not one of {", ".join(map(repr, choices))} '
                              f'(classic DaViT: {next(iter(choices))!r}; Florence-2: {FLORENCE2[key]!r})')
     return spec
+
+
+def first_stage_width(embed_dims, num_stages: int) -> int:
+    """``embed_dims`` is the first stage's width; each later stage doubles it. One width per stage (timm's
+    habit) is taken when it doubles that way."""
+    if isinstance(embed_dims, int) and not isinstance(embed_dims, bool) and embed_dims > 0:
+        return embed_dims
+    widths = tuple(embed_dims) if isinstance(embed_dims, (list, tuple)) else ()
+    if widths and isinstance(widths[0], int) and widths[0] > 0:
+        doubling = tuple(widths[0] * 2**i for i in range(num_stages))
+        if widths == doubling:
+            return widths[0]
+        raise ValueError(f'DaViT arch embed_dims={embed_dims!r}: DaViT doubles the width at every stage, so give the '
+                         f'first stage\'s width, embed_dims={widths[0]}, or {num_stages} widths doubling that way, '
+                         f'{doubling}')
+    raise ValueError(f'DaViT arch embed_dims must be a positive int, the first stage\'s width (each later stage '
+                     f'doubles it, e.g. 96 for DaViT-T: 96, 192, 384, 768), got {embed_dims!r}')
 
 
 @MODELS.register_module()
@@ -76,7 +94,8 @@ class DaViT(BaseModule):
     Args:
         arch (str | dict): ``tiny|t``, ``small|s``, ``base|b``, ``large|l``, ``huge|h``, ``giant|g``,
             Florence-2's vision towers ``florence2-base|fl2-b`` and ``florence2-large|fl2-l``, or a dict with
-            ``embed_dims``, ``depths``, ``num_heads`` and optionally ``window_size`` (7),
+            ``embed_dims`` (the first stage's width; each stage doubles it, and a per-stage tuple that
+            does so is taken too), ``depths``, ``num_heads`` and optionally ``window_size`` (7),
             ``downsample`` (``'patch'``: 2x2 stride 2, classic; ``'overlap'``: 3x3 stride 2 padding 1,
             Florence-2) and ``channel_attention`` (``'v1'``: classic; ``'v2'``: Florence-2's, scaled by
             the stage's token count).
