@@ -4,6 +4,8 @@ Registered with mmengine's ``CheckpointLoader`` when mmdavit is imported, so a n
 reads a checkpoint (``load_from``, ``--checkpoint``) as well as in the backbone's
 ``init_cfg=dict(type='Pretrained', checkpoint='hf-hub://timm/davit_tiny.msft_in1k')``.
 
+``REVISION`` is a branch, tag or commit; one that contains ``/`` (``refs/pr/1``, ``release/v1``) is written
+with ``%2F`` for each ``/`` (``@refs%2Fpr%2F1``), as the Hub's own URLs write it, since a ``/`` starts ``FILE``.
 Without ``FILE`` the repository's weights are looked up as ``model.safetensors``, then
 ``model.safetensors.index.json`` (sharded), ``pytorch_model.bin``, ``pytorch_model.bin.index.json``.
 Files go through huggingface_hub's cache: ``HF_HOME`` / ``HF_HUB_CACHE`` say where it is, and with
@@ -13,6 +15,7 @@ Files go through huggingface_hub's cache: ``HF_HOME`` / ``HF_HUB_CACHE`` say whe
 import json
 import posixpath
 from typing import List, Optional, Tuple
+from urllib.parse import unquote
 
 from mmengine.runner import CheckpointLoader
 
@@ -22,13 +25,34 @@ DEFAULT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_m
 
 
 def parse_hf_hub_name(name: str) -> Tuple[str, Optional[str], Optional[str]]:
-    """``hf-hub://OWNER/REPO[@REVISION][/FILE]`` -> (repo id, file or None, revision or None)."""
+    """``hf-hub://OWNER/REPO[@REVISION][/FILE]`` -> (repo id, file or None, revision or None); ``%2F`` in
+    ``REVISION`` stands for ``/``."""
     parts = name[len(HF_HUB_PREFIX):].split('/', 2)
     repo, at, revision = parts[1].partition('@') if len(parts) >= 2 else ('', '', '')
     if not parts[0] or not repo or (at and not revision) or (len(parts) == 3 and not parts[2]):
         raise ValueError(f'{name}: expected {HF_HUB_PREFIX}OWNER/REPO, optionally followed by @REVISION and '
                          f'/FILE (e.g. {HF_HUB_PREFIX}timm/davit_tiny.msft_in1k/model.safetensors)')
-    return f'{parts[0]}/{repo}', (parts[2] if len(parts) == 3 else None), (revision or None)
+    if revision == 'refs' and len(parts) == 3:  # `@refs/pr/1`: the `/` after refs started FILE
+        meant = f'refs/{"/".join(parts[2].split("/")[:2])}'  # refs/pr/N, refs/convert/NAME
+        rest = parts[2].split('/', 2)[2:]
+        raise ValueError(f'{name}: a revision containing "/" is written with %2F for each "/" (a "/" starts '
+                         f'FILE): {HF_HUB_PREFIX}{parts[0]}/{repo}@{_encode_revision(meant)}'
+                         f'{"".join("/" + file for file in rest)} names the revision {meant}')
+    return f'{parts[0]}/{repo}', (parts[2] if len(parts) == 3 else None), (unquote(revision) or None)
+
+
+def _encode_revision(revision: str) -> str:
+    """``revision`` as written in a name (``refs/pr/1`` -> ``refs%2Fpr%2F1``)."""
+    return revision.replace('/', '%2F')
+
+
+def _slash_hint(name: str, repo_id: str, filename: Optional[str], revision: Optional[str]) -> str:
+    """For ``@release/v1`` (read as revision ``release``, FILE ``v1``): how to write a revision with a ``/``."""
+    if not (revision and filename):
+        return ''
+    joined = f'{revision}/{filename}'
+    return (f' If you meant the revision {joined}, write its "/" as %2F: '
+            f'{HF_HUB_PREFIX}{repo_id}@{_encode_revision(joined)}')
 
 
 def resolve_hf_hub(name: str) -> str:
@@ -50,7 +74,8 @@ def resolve_hf_hub(name: str) -> str:
         except EntryNotFoundError:  # the repository has no such file
             continue
         except RevisionNotFoundError as error:
-            raise FileNotFoundError(f'{name}: the repository {repo_id} has no revision {revision!r}') from error
+            raise FileNotFoundError(f'{name}: the repository {repo_id} has no revision {revision!r} (a branch, tag or '
+                                    f'commit).{_slash_hint(name, repo_id, filename, revision)}') from error
         except RepositoryNotFoundError as error:  # gated and private repositories too
             raise FileNotFoundError(
                 f'{name}: no repository {repo_id} on the Hugging Face Hub that you can read (check the name; for '
@@ -59,9 +84,11 @@ def resolve_hf_hub(name: str) -> str:
             _download_shards(name, repo_id, candidate, path, revision, cache_only=bool(not_reachable))
         return path
     if not_reachable is not None:
-        raise FileNotFoundError(_offline_message(name, repo_id, candidates, constants)) from not_reachable
-    raise FileNotFoundError(f'{name}: the repository {repo_id} has none of {", ".join(candidates)}; name the '
-                            f'weights file: {HF_HUB_PREFIX}{repo_id}/FILE')
+        raise FileNotFoundError(_offline_message(name, repo_id, candidates, constants, revision)) from not_reachable
+    at = f' at revision {revision}' if revision else ''
+    raise FileNotFoundError(f'{name}: the repository {repo_id} has none of {", ".join(candidates)}{at}; name the '
+                            f'weights file: {HF_HUB_PREFIX}{repo_id}{_at(revision)}/FILE'
+                            f'{_slash_hint(name, repo_id, filename, revision) if filename else ""}')
 
 
 def _download_shards(name: str, repo_id: str, index_name: str, index_path: str, revision: Optional[str],
@@ -78,30 +105,39 @@ def _download_shards(name: str, repo_id: str, index_name: str, index_path: str, 
         try:
             hf_hub_download(repo_id, shard, revision=revision, local_files_only=cache_only)
         except LocalEntryNotFoundError as error:
-            raise FileNotFoundError(_offline_message(name, repo_id, [shard], constants,
+            raise FileNotFoundError(_offline_message(name, repo_id, [shard], constants, revision,
                                                      download=[index_name, *shards])) from error
         except EntryNotFoundError as error:  # the index names a shard the repository lacks
             raise FileNotFoundError(f'{name}: {index_name} of {repo_id} lists the shard {shard}, which the '
                                     f'repository does not have; name a complete checkpoint file: '
-                                    f'{HF_HUB_PREFIX}{repo_id}/FILE') from error
+                                    f'{HF_HUB_PREFIX}{repo_id}{_at(revision)}/FILE') from error
 
 
-def _offline_message(name: str, repo_id: str, candidates: List[str], constants,
+def _at(revision: Optional[str]) -> str:
+    """``@REVISION`` as written in a name, or nothing."""
+    return f'@{_encode_revision(revision)}' if revision else ''
+
+
+def _offline_message(name: str, repo_id: str, candidates: List[str], constants, revision: Optional[str],
                      download: Optional[List[str]] = None) -> str:
-    """Why ``candidates`` are not available, and how to place ``download`` (default: the first candidate,
-    whose path is then given instead of the name) by hand."""
+    """Why ``candidates`` (of ``revision``, default the main branch) are not available, and how to place
+    ``download`` (default: the first candidate, whose path is then given instead of the name) by hand."""
     why = ('downloads are off (HF_HUB_OFFLINE=1)' if constants.HF_HUB_OFFLINE
            else 'the Hugging Face Hub could not be reached (without network, HF_HUB_OFFLINE=1 skips the retries)')
-    absent = (f'{candidates[0]} of {repo_id} is not' if len(candidates) == 1
-              else f'none of {", ".join(candidates)} of {repo_id} is')
+    of = f'{repo_id} at revision {revision}' if revision else repo_id
+    absent = (f'{candidates[0]} of {of} is not' if len(candidates) == 1
+              else f'none of {", ".join(candidates)} of {of} is')
     download = download or candidates[:1]
-    local = f'checkpoints/{repo_id.split("/")[-1]}'
-    return (f'{name}: {absent} in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. '
-            f'Place the file by hand: on a machine with network run `hf download {repo_id} {" ".join(download)} '
-            f'--local-dir {local}` (older huggingface_hub: `huggingface-cli download` with the same arguments), copy '
-            f'{local} here and give the path {local}/{download[0]} instead of the name; or copy '
-            f'that machine\'s cache folder models--{repo_id.replace("/", "--")} into {constants.HF_HUB_CACHE} '
-            f'(HF_HOME selects the cache)')
+    # A folder of its own per revision: the main branch's copy is another file.
+    local = f'checkpoints/{repo_id.split("/")[-1]}' + (f'@{revision.replace("/", "-")}' if revision else '')
+    pin = f' --revision {revision}' if revision else ''
+    cached = ' (cached copies of other revisions do not count)' if revision else ''
+    return (f'{name}: {absent} in the Hugging Face cache ({constants.HF_HUB_CACHE}){cached} and {why}. '
+            f'Place the file by hand: on a machine with network run `hf download {repo_id} {" ".join(download)}'
+            f'{pin} --local-dir {local}` (older huggingface_hub: `huggingface-cli download` with the same arguments), '
+            f'copy {local} here and give the path {local}/{download[0]} instead of the name; or load {name} once on '
+            f'a machine with network and copy its cache folder models--{repo_id.replace("/", "--")} into '
+            f'{constants.HF_HUB_CACHE} (HF_HOME selects the cache)')
 
 
 @CheckpointLoader.register_scheme(prefixes=HF_HUB_PREFIX)

@@ -6,6 +6,7 @@ Florence-2's names by the test's own renaming). A fresh interpreter, because hug
 ``HF_HOME`` and ``HF_HUB_OFFLINE`` when it is imported.
 """
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -69,6 +70,12 @@ runner = RUNNERS.get('DaViTRunner')(model=Detector(), work_dir=f'{out}/work',
 runner.load_or_resume()
 torch.save(runner.model.state_dict(), f'{out}/load_from.pth')
 
+torch.save(backbone('hf-hub://someone/revisions@v2').state_dict(), f'{out}/revision_v2.pth')
+torch.save(backbone('hf-hub://someone/revisions@refs%2Fpr%2F1').state_dict(), f'{out}/revision_pr.pth')
+try:
+    backbone('hf-hub://someone/revisions@dev')
+except Exception as error:
+    result['missing_revision'] = [type(error).__name__, str(error)]
 try:
     backbone('hf-hub://nobody/absent')
 except Exception as error:
@@ -86,19 +93,21 @@ print('RESULT ' + json.dumps(result))
 '''
 
 
-def add_to_hub_cache(hf_home: Path, repo_id: str, files: Dict[str, Path]) -> None:
-    """Put files into huggingface_hub's cache layout, as a download of revision ``main`` would."""
+def add_to_hub_cache(hf_home: Path, repo_id: str, files: Dict[str, Path], revision: str = 'main',
+                     commit: str = COMMIT) -> None:
+    """Put files into huggingface_hub's cache layout, as a download of ``revision`` (at ``commit``) would."""
     repo = hf_home / 'hub' / f'models--{repo_id.replace("/", "--")}'
     for name, source in files.items():
         data = source.read_bytes()
         blob = repo / 'blobs' / hashlib.sha256(data).hexdigest()
         blob.parent.mkdir(parents=True, exist_ok=True)
         blob.write_bytes(data)
-        link = repo / 'snapshots' / COMMIT / name
+        link = repo / 'snapshots' / commit / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / 'refs').mkdir(exist_ok=True)
-    (repo / 'refs' / 'main').write_text(COMMIT)
+    ref = repo / 'refs' / revision  # refs/pr/1 is a file in refs/refs/pr/, as huggingface_hub stores it
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
 
 
 @pytest.fixture(scope='module')
@@ -116,6 +125,15 @@ def hub_run(tmp_path_factory):
     add_to_hub_cache(hf_home, 'timm/davit_test.in1k', {'model.safetensors': files / 'model.safetensors',
                                                        'pytorch_model.bin': files / 'pytorch_model.bin'})
     add_to_hub_cache(hf_home, 'someone/bin-only', {'pytorch_model.bin': files / 'pytorch_model.bin'})
+    # One repository, three revisions cached with different weights (dev is not cached).
+    pr_state = {k: torch.zeros_like(v) + 0.25 for k, v in timm_state.items()}
+    for state, revision, commit in ((timm_state, 'main', COMMIT), (other_state, 'v2', 'f' * 40),
+                                    (pr_state, 'refs/pr/1', 'e' * 40)):
+        folder = files / revision.replace('/', '-')
+        folder.mkdir()
+        save_file(state, str(folder / 'model.safetensors'))
+        add_to_hub_cache(hf_home, 'someone/revisions', {'model.safetensors': folder / 'model.safetensors'}, revision,
+                         commit)
 
     vlm = timm_to_vlm(timm_state, FLORENCE2_SUBLAYERS, 'proj', 'vision_tower.', FLORENCE2_OTHERS)
     sharded = files / 'sharded'
@@ -139,7 +157,7 @@ def hub_run(tmp_path_factory):
     assert completed.returncode == 0, completed.stderr[-3000:]
     line = next(line for line in completed.stdout.splitlines() if line.startswith('RESULT '))
     return dict(result=json.loads(line[len('RESULT '):]), out=out, hf_home=hf_home, reference=reference,
-                timm=converted, other=timm_to_mmdavit(other_state), detector=detector)
+                timm=converted, other=timm_to_mmdavit(other_state), pr=timm_to_mmdavit(pr_state), detector=detector)
 
 
 def loaded(hub_run, case: str) -> dict:
@@ -183,6 +201,30 @@ def test_load_from_by_name(hub_run):
         assert torch.equal(state[key], value), key
 
 
+def test_init_cfg_by_name_at_a_revision(hub_run):
+    assert_backbone_equals(loaded(hub_run, 'revision_v2'), hub_run['other'])  # not main's weights
+
+
+def test_init_cfg_by_name_at_a_revision_with_a_slash(hub_run):
+    assert_backbone_equals(loaded(hub_run, 'revision_pr'), hub_run['pr'])  # @refs%2Fpr%2F1
+
+
+def test_revision_not_cached_is_named_in_the_message_and_the_command(hub_run):
+    """main and v2 are cached, dev is not: the message must not claim the files are absent from the cache without
+    naming the revision, and the command it suggests must fetch dev (without --revision it fetches main, whose
+    weights would then load as if they were dev's)."""
+    kind, message = hub_run['result']['missing_revision']
+    assert kind == 'FileNotFoundError'
+    assert message.startswith('hf-hub://someone/revisions@dev: none of model.safetensors, '
+                              'model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json of '
+                              'someone/revisions at revision dev is in the Hugging Face cache '
+                              f'({hub_run["hf_home"] / "hub"}) (cached copies of other revisions do not count) and '
+                              'downloads are off (HF_HUB_OFFLINE=1)'), message
+    assert ('`hf download someone/revisions model.safetensors --revision dev --local-dir '
+            'checkpoints/revisions@dev`') in message
+    assert 'give the path checkpoints/revisions@dev/model.safetensors instead of the name' in message
+
+
 def test_offline_and_not_cached_says_how_to_place_the_file(hub_run):
     kind, message = hub_run['result']['missing']
     assert kind == 'FileNotFoundError'
@@ -216,6 +258,8 @@ def test_load_from_offline_and_not_cached_says_how_to_place_the_file(hub_run):
     ('hf-hub://timm/davit_tiny.msft_in1k', ('timm/davit_tiny.msft_in1k', None, None)),
     ('hf-hub://timm/davit_tiny.msft_in1k/model.safetensors', ('timm/davit_tiny.msft_in1k', 'model.safetensors', None)),
     ('hf-hub://me/repo@v1.0/sub/dir/weights.bin', ('me/repo', 'sub/dir/weights.bin', 'v1.0')),
+    ('hf-hub://me/repo@refs%2Fpr%2F1', ('me/repo', None, 'refs/pr/1')),
+    ('hf-hub://me/repo@release%2fv1/weights.bin', ('me/repo', 'weights.bin', 'release/v1')),
 ])
 def test_parse_names(name, expected):
     assert parse_hf_hub_name(name) == expected
@@ -228,18 +272,29 @@ def test_malformed_names_say_the_form(name):
         parse_hf_hub_name(name)
 
 
+@pytest.mark.parametrize('name,written', [
+    ('hf-hub://me/repo@refs/pr/1', 'hf-hub://me/repo@refs%2Fpr%2F1'),
+    ('hf-hub://me/repo@refs/pr/1/sub/model.safetensors', 'hf-hub://me/repo@refs%2Fpr%2F1/sub/model.safetensors'),
+])
+def test_refs_revision_with_slashes_says_how_to_write_it(name, written):
+    with pytest.raises(ValueError) as info:
+        parse_hf_hub_name(name)
+    assert str(info.value) == (f'{name}: a revision containing "/" is written with %2F for each "/" (a "/" starts '
+                               f'FILE): {written} names the revision refs/pr/1')
+
+
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
     """huggingface_hub.hf_hub_download stood in for (in-process): a sharded index in the cache, its files in
     ``tmp_path``; ``failures`` maps a file name to the error its download raises; ``calls`` records
-    ``(file, local_files_only)``."""
+    ``(repo_id, file, revision, local_files_only)``."""
     import huggingface_hub
     (tmp_path / 'model.safetensors.index.json').write_text(
         json.dumps({'weight_map': {'a': 'model-1.safetensors', 'b': 'model-2.safetensors'}}))
     hub = SimpleNamespace(calls=[], failures={}, folder=tmp_path)
 
     def download(repo_id, filename, revision=None, local_files_only=False):
-        hub.calls.append((filename, local_files_only))
+        hub.calls.append((repo_id, filename, revision, local_files_only))
         if filename in hub.failures:
             raise hub.failures[filename]
         return str(tmp_path / filename)
@@ -248,14 +303,97 @@ def fake_hub(tmp_path, monkeypatch):
     return hub
 
 
+def http_error(kind, message):
+    """A huggingface_hub HTTP error as hf_hub_download raises it, with the server's 404 response (an httpx2,
+    httpx or requests one, as the installed huggingface_hub uses)."""
+    from huggingface_hub.errors import HfHubHTTPError
+    if not issubclass(kind, HfHubHTTPError):  # huggingface_hub >= 1.0: EntryNotFoundError is not an HTTP error
+        return kind(message)
+    url = 'https://huggingface.co/api/models/me/repo'
+    for library in ('httpx2', 'httpx'):
+        try:
+            http = importlib.import_module(library)
+        except ImportError:
+            continue
+        try:
+            return kind(message, response=http.Response(404, request=http.Request('GET', url)))
+        except TypeError:  # this huggingface_hub takes another library's responses
+            pass
+    import requests
+    response = requests.Response()
+    response.status_code, response.url = 404, url
+    return kind(message, response=response)
+
+
 def test_shards_come_from_the_cache_once_the_hub_proved_unreachable(fake_hub):
     """Without network the first name (not cached) fails; from then on the index *and its shards* are looked up
     in the cache only (each online try would retry for ~20 s)."""
     from huggingface_hub.errors import LocalEntryNotFoundError
     fake_hub.failures['model.safetensors'] = LocalEntryNotFoundError('not cached, hub unreachable')
     assert resolve_hf_hub('hf-hub://me/sharded') == str(fake_hub.folder / 'model.safetensors.index.json')
-    assert fake_hub.calls == [('model.safetensors', False), ('model.safetensors.index.json', True),
-                              ('model-1.safetensors', True), ('model-2.safetensors', True)]
+    assert fake_hub.calls == [('me/sharded', 'model.safetensors', None, False),
+                              ('me/sharded', 'model.safetensors.index.json', None, True),
+                              ('me/sharded', 'model-1.safetensors', None, True),
+                              ('me/sharded', 'model-2.safetensors', None, True)]
+
+
+@pytest.mark.parametrize('name,revision', [('hf-hub://me/sharded@v2.1', 'v2.1'),
+                                           ('hf-hub://me/sharded@refs%2Fpr%2F7', 'refs/pr/7'),
+                                           ('hf-hub://me/sharded@0123456789abcdef0123456789abcdef01234567',
+                                            '0123456789abcdef0123456789abcdef01234567')])
+def test_the_revision_reaches_every_download(fake_hub, name, revision):
+    """The index and each of its shards are fetched at the named revision (a shard of main would pair another
+    revision's index with the wrong tensors)."""
+    from huggingface_hub.errors import EntryNotFoundError
+    fake_hub.failures['model.safetensors'] = http_error(EntryNotFoundError, '404: no model.safetensors')
+    assert resolve_hf_hub(name) == str(fake_hub.folder / 'model.safetensors.index.json')
+    assert fake_hub.calls == [('me/sharded', file, revision, False) for file in
+                              ('model.safetensors', 'model.safetensors.index.json', 'model-1.safetensors',
+                               'model-2.safetensors')]
+
+
+def test_revision_not_found_is_named(fake_hub):
+    from huggingface_hub.errors import RevisionNotFoundError
+    fake_hub.failures['model.safetensors'] = http_error(RevisionNotFoundError, '404: Revision Not Found')
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_hf_hub('hf-hub://me/repo@v9')
+    assert str(info.value) == "hf-hub://me/repo@v9: the repository me/repo has no revision 'v9' (a branch, tag or commit)."
+    assert fake_hub.calls == [('me/repo', 'model.safetensors', 'v9', False)]
+
+
+def test_revision_not_found_with_a_slash_says_how_to_write_it(fake_hub):
+    """``@release/v1`` reads as revision ``release`` and FILE ``v1``; the message says how to name release/v1."""
+    from huggingface_hub.errors import RevisionNotFoundError
+    fake_hub.failures['v1'] = http_error(RevisionNotFoundError, '404: Revision Not Found')
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_hf_hub('hf-hub://me/repo@release/v1')
+    assert str(info.value) == ("hf-hub://me/repo@release/v1: the repository me/repo has no revision 'release' (a "
+                               'branch, tag or commit). If you meant the revision release/v1, write its "/" as %2F: '
+                               'hf-hub://me/repo@release%2Fv1')
+
+
+def test_repository_not_found_is_named(fake_hub):
+    from huggingface_hub.errors import RepositoryNotFoundError
+    fake_hub.failures['model.safetensors'] = http_error(RepositoryNotFoundError, '401: Repository Not Found')
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_hf_hub('hf-hub://me/no-such-repo@v2')
+    assert str(info.value) == ('hf-hub://me/no-such-repo@v2: no repository me/no-such-repo on the Hugging Face Hub '
+                               'that you can read (check the name; for a private or gated one, log in with `hf auth '
+                               'login` or set HF_TOKEN)')
+    assert len(fake_hub.calls) == 1  # not retried with the other file names
+
+
+def test_no_weights_file_at_a_revision_names_it(fake_hub):
+    from huggingface_hub.errors import EntryNotFoundError
+    for file in ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+                 'pytorch_model.bin.index.json'):
+        fake_hub.failures[file] = http_error(EntryNotFoundError, '404')
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_hf_hub('hf-hub://me/repo@refs%2Fpr%2F3')
+    assert str(info.value) == ('hf-hub://me/repo@refs%2Fpr%2F3: the repository me/repo has none of model.safetensors, '
+                               'model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json at '
+                               'revision refs/pr/3; name the weights file: hf-hub://me/repo@refs%2Fpr%2F3/FILE')
+    assert {call[2] for call in fake_hub.calls} == {'refs/pr/3'}
 
 
 def test_a_shard_the_repository_lacks_is_named(fake_hub):
