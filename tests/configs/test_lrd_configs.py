@@ -7,6 +7,7 @@ from mmengine.config import Config
 
 import mmdavit  # noqa: F401
 from mmdavit.registry import RUNNERS
+from tests.configs.backbone_probe import assert_backbone_learned
 from tests.configs.tiny_runs import detection_overrides, make_tiny_data, segmentation_overrides
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
@@ -35,7 +36,9 @@ def test_lrd_synthetic_config_trains_and_logs_layer_lrs(tmp_path, monkeypatch, n
     cfg.work_dir = str(tmp_path / 'work')
     cfg.experiment_name = f'lrd_{tmp_path.name}'
     cfg.visualizer.name = f'visualizer_{tmp_path.name}'  # mmdet's 'visualizer' instance would outlive the test
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='BackboneProbe')]
     RUNNERS.build(cfg).train()
+    assert_backbone_learned(tmp_path / 'work', steps=2)  # every layer, however small its decayed lr
     records = [json.loads(line) for line in next((tmp_path / 'work').glob('*/vis_data/scalars.json')).open()]
     train = [r for r in records if 'layer_0_lr' in r]
     assert train, 'the hook logged no per-layer learning rate'
