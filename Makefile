@@ -4,13 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mmdavit-installed
-TORCH := torch==2.14.1 torchvision==0.29.1
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+# torch >= 2.14 headers need C++20, which mmcv 2.1.0's setup.py does not ask for; older torch builds with g++ as is.
+MMCV_CXX ?= $(CURDIR)/tools/install/cxx20
 PYTEST_ARGS ?=
+# The oldest supported stack: torch 2.1, what OpenMMLab's prebuilt mmcv 2.1.0 CUDA wheels are built for.
+OLDEST_VENV := .venv-oldest
+OLDEST_TORCH := torch==2.1.2 torchvision==0.16.2 "numpy<2"
+OLDEST := VENV=$(OLDEST_VENV) TORCH='$(OLDEST_TORCH)' MMCV_CXX=g++
+# mmcv's compiled ops work only with the torch they were built against, and pip's own wheel cache does not
+# know which that was: keep one built wheel per torch version.
+MMCV_WHEELS ?= $(HOME)/.cache/mmdavit/mmcv-wheels
 # pip shows only "Building wheel for mmcv ... still running" for a quarter of an hour: say so before it starts.
 MMCV_NOTE := mmdavit: compiling mmcv 2.1.0 against this torch takes ~15-25 min on 2 cores (measured; seconds \
-when pip has the wheel cached from an earlier install). It has not hung.
+when the wheel is kept from an earlier install). It has not hung.
 
-.PHONY: install test demo demo-data clean-venv
+.PHONY: install test install-oldest test-oldest demo demo-data clean-venv
 
 install: $(STAMP)
 
@@ -21,8 +30,10 @@ $(STAMP): setup.py requirements/runtime.txt requirements/tests.txt
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH) "setuptools>=77,<80" wheel
 	$(PY) -c "import mmcv.ops" 2>/dev/null || { \
-	  echo "$(MMCV_NOTE)"; \
-	  CXX=$(CURDIR)/tools/install/cxx20 MAX_JOBS=2 $(PIP) install --no-build-isolation mmcv==2.1.0; }
+	  wheels=$(MMCV_WHEELS)/torch-$$($(PY) -c "import torch; print(torch.__version__)"); \
+	  ls $$wheels/mmcv-2.1.0-*.whl >/dev/null 2>&1 || { echo "$(MMCV_NOTE)"; \
+	    CXX=$(MMCV_CXX) MAX_JOBS=2 $(PIP) wheel --no-cache-dir --no-build-isolation --no-deps mmcv==2.1.0 -w $$wheels; }; \
+	  $(PIP) install $(TORCH) $$wheels/mmcv-2.1.0-*.whl; }
 	$(PIP) install $(TORCH) "setuptools>=77,<80" -r requirements/runtime.txt -r requirements/tests.txt
 	$(PIP) install --no-build-isolation --no-deps -e .
 	$(PY) -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, timm, mmdavit; print('stack ok: torch', torch.__version__)"
@@ -30,6 +41,13 @@ $(STAMP): setup.py requirements/runtime.txt requirements/tests.txt
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# A second venv with torch 2.1.2 (+ numpy < 2) and mmcv 2.1.0 compiled against it.
+install-oldest:
+	$(MAKE) install $(OLDEST)
+
+test-oldest:
+	$(MAKE) test $(OLDEST) PYTEST_ARGS="$(PYTEST_ARGS)"
 
 # The embedded default: synthetic COCO/ADE-format data, Mask R-CNN then UperNet through mim, each
 # evaluated with pictures of its predictions and a plot of loss and mAP / mIoU, all under work_dirs/.
@@ -55,4 +73,4 @@ demo: demo-data
 	@echo "demo done: see work_dirs/$(DET_DEMO) and work_dirs/$(SEG_DEMO) (training_curves.png, pictures under test/)"
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OLDEST_VENV)

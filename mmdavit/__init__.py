@@ -11,7 +11,11 @@ mmpretrain, or mmdet and mmseg, which not every user loads.
 """
 import importlib
 
-import mmdavit_config_hook
+from .compat import check_supported_torch
+
+check_supported_torch()  # first: on an older torch, one line naming the torch it needs
+
+import mmdavit_config_hook  # noqa: E402
 
 mmdavit_config_hook.install()  # before mmengine is imported below, so its modules are patched as they load
 

@@ -23,6 +23,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.runner.checkpoint import _load_checkpoint
 
+from mmdavit.compat import RefusedCheckpoint
 from mmdavit.registry import HOOKS
 
 PARTIAL_PREFIX, PARTIAL_SUFFIX = '.', '.partial'
@@ -156,11 +157,13 @@ def read_checkpoint_file(filename: str, map_location: Union[str, Callable], orig
         check_local_file(filename, origin, work_dir)
     try:
         checkpoint = _load_checkpoint(filename, map_location=map_location)
+    except RefusedCheckpoint:
+        raise  # names the file and why: it would run code, whatever torch's version and wording
     except Exception as error:  # torch raises zip, pickle, EOF and runtime errors for bad files
         if isinstance(error, FileNotFoundError) and not is_local(filename):
             raise  # a scheme's own error (hf-hub:// not cached, offline) names the file and how to place it
         lines = str(error).splitlines()
-        detail = next((line.strip() for line in lines if 'Unsupported global' in line), lines[0] if lines else '')
+        detail = lines[0] if lines else ''
         if not is_local(filename):
             advice = 'Is the address right and reachable, and does it hold a torch.save checkpoint?'
         elif origin == LOAD_FROM:

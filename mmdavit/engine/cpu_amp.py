@@ -7,6 +7,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.utils import apply_to
 
+from mmdavit.compat import disabled_grad_scaler
+
 AMP_TYPES = ('AmpOptimWrapper', 'mmengine.AmpOptimWrapper', AmpOptimWrapper)
 
 
@@ -32,7 +34,7 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
             raise ValueError('AmpOptimWrapper(use_fsdp=True) needs GPUs')
         OptimWrapper.__init__(self, **kwargs)  # AmpOptimWrapper.__init__ asserts a GPU
         self._scale_update_param = None
-        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
+        self.loss_scaler = disabled_grad_scaler()
         self.cast_dtype = torch.bfloat16
 
     @contextmanager

@@ -29,6 +29,7 @@ import torch
 from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 
+from mmdavit.compat import RefusedCheckpoint, load_torch_file
 from mmdavit.models.hub import HF_HUB_PREFIX, resolve_hf_hub
 
 StateDict = Dict[str, torch.Tensor]
@@ -211,27 +212,23 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else ''
 
 
-def torch_load(path: str) -> object:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped when the file allows), with clear errors."""
+def torch_load(path: str, mmap: bool = True, map_location='cpu') -> object:
+    """A torch file read without running code from it (:func:`mmdavit.compat.load_torch_file`; memory-mapped
+    when the file allows), with errors that name the file and the likely cause."""
     try:
         try:
-            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            return load_torch_file(path, map_location, mmap=mmap)
         except RuntimeError as error:  # files in torch's legacy (pre-zip) format cannot be memory-mapped
-            if 'mmap' not in str(error):
+            if not mmap or 'mmap' not in str(error):
                 raise
-            return torch.load(path, map_location='cpu', weights_only=True)
+            return load_torch_file(path, map_location)
+    except RefusedCheckpoint:
+        raise
     except Exception as error:  # torch raises several types for truncated / foreign files
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        code = next((m for m in (re.search(r'GLOBAL ([\w.]+)', line) for line in lines) if m), None)
-        if code:  # the pickle names a function or class to import
-            raise ValueError(f'Refused to read {path}: its pickle would import or call code ({code[1]}), and '
-                             f'mmdavit reads torch files with torch.load(weights_only=True), which never runs code '
-                             f'from a file. Prefer the .safetensors version of these weights; if you trust this '
-                             f'file, re-save its tensors alone (torch.save(state_dict)) first') from error
-        # torch's weights-only message starts with advice to load unsafely; show its specific line instead.
-        detail = next((line for line in lines if 'Unsupported' in line), lines[0] if lines else '')
-        raise ValueError(f'Could not read {path} as a torch checkpoint ({type(error).__name__}: {detail}). Is the '
-                         f'file complete, and a .pth/.pt/.bin saved by torch.save (or a .safetensors file)?') from error
+        raise ValueError(f'Could not read {path} as a torch checkpoint ({type(error).__name__}: '
+                         f'{lines[0] if lines else ""}). Is the file complete, and a .pth/.pt/.bin saved by '
+                         f'torch.save (or a .safetensors file)?') from error
 
 
 CHECKPOINT_SUFFIXES = ('.safetensors', '.index.json', '.pth', '.pt', '.bin', '.ckpt', '.pth.tar')
@@ -276,11 +273,14 @@ def read_checkpoint(path: str) -> StateDict:
     return source.read(source.keys())
 
 
-def load_checkpoint_file(path: str, map_location: Union[str, torch.device, None] = None) -> dict:
-    """A checkpoint as stored, for mmengine's ``load_checkpoint`` (``load_from``): a torch file's whole
-    content (``meta`` included), or the tensors of a safetensors / sharded checkpoint."""
+def load_checkpoint_file(path: str, map_location=None) -> dict:
+    """A checkpoint as stored, for mmengine's ``load_checkpoint`` (``load_from``, resume, ``--checkpoint``): a
+    torch file's whole content (``meta`` included; read whole, not memory-mapped, as a runner keeps it), or the
+    tensors of a safetensors / sharded checkpoint."""
+    if not path.endswith('.json') and not path.endswith('.safetensors') and not _looks_like_safetensors(path):
+        return torch_load(path, mmap=False, map_location=map_location)
     source = open_file(path)
-    checkpoint = source.checkpoint if isinstance(source, TorchFile) else source.read(source.keys())
+    checkpoint = source.read(source.keys())
     if map_location is None or str(map_location) == 'cpu':
         return checkpoint
     if not isinstance(map_location, (str, torch.device)):
@@ -288,11 +288,69 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device, None]
     return _to_device(checkpoint, map_location)
 
 
-# mmengine reads local files with torch.load; this lets ``load_from`` / ``--checkpoint`` take a local safetensors
-# file or sharded index too. The prefix is a regex (as mmengine's are): a path without a scheme ending so.
-@CheckpointLoader.register_scheme(prefixes=r'(?=[^:]*(\.safetensors|\.index\.json)$)')
-def load_from_local_safetensors(filename: str, map_location=None) -> dict:
-    return load_checkpoint_file(os.path.expanduser(filename), map_location)
+# mmengine reads local files and URLs with a plain torch.load, which runs a file's code on torch < 2.6 and
+# refuses mmengine's own types on newer torch. These schemes read them through load_torch_file on every torch,
+# and let ``load_from`` / ``--checkpoint`` take a local safetensors file or sharded index too.
+@CheckpointLoader.register_scheme(prefixes='', force=True)
+def load_from_local(filename: str, map_location=None) -> dict:
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return load_checkpoint_file(filename, map_location)
+
+
+@CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), force=True)
+def load_from_http(filename: str, map_location=None, model_dir: Optional[str] = None, progress: bool = True) -> dict:
+    """mmengine's URL loading (download once into torch's hub cache, rank 0 first), read safely."""
+    from urllib.parse import urlparse
+
+    from mmengine.dist import barrier, get_dist_info
+    folder = model_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
+    cached = os.path.join(folder, os.path.basename(urlparse(filename).path))
+
+    def download():
+        if not os.path.isfile(cached):
+            os.makedirs(folder, exist_ok=True)
+            torch.hub.download_url_to_file(filename, cached, progress=progress)
+
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        download()
+    if world_size > 1:
+        barrier()
+        download()  # nothing to do where the ranks share rank 0's cache
+    return load_checkpoint_file(cached, map_location)
+
+
+def check_destination(dst: str) -> str:
+    """Where a converter writes: ``dst`` with ``~`` expanded, or one clear error for a name it cannot write."""
+    if not dst:
+        raise ValueError('DST is empty: give the converted checkpoint a file name, e.g. checkpoints/davit.pth')
+    dst = os.path.expanduser(dst)
+    if os.path.isdir(dst):
+        raise IsADirectoryError(f'{dst} is a directory, not a file: give the converted checkpoint a file name, '
+                                f'e.g. {os.path.join(dst, "davit.pth")}')
+    folder = os.path.dirname(dst) or '.'
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{dst}: the folder {folder} does not exist; create it first (mkdir -p {folder})')
+    return dst
+
+
+def write_checkpoint(state_dict: StateDict, dst: str, meta: dict) -> None:
+    """Save converted weights: ``.safetensors`` (``meta`` as its string metadata) or else ``torch.save`` of
+    ``{'state_dict', 'meta'}``. Written to a temporary file beside ``dst`` and renamed onto it when complete:
+    the source may be ``dst`` itself, still being read (memory-mapped), and a failed write leaves ``dst`` as
+    it was. Any failure is an ``OSError`` naming ``dst``."""
+    try:
+        with replacing(dst) as temporary:
+            if dst.endswith('.safetensors'):
+                from safetensors.torch import save_file
+                save_file({k: v.contiguous() for k, v in state_dict.items()}, temporary,
+                          metadata={k: str(v) for k, v in meta.items()})
+            else:
+                torch.save({'state_dict': state_dict, 'meta': meta}, temporary)
+    except Exception as error:  # torch, safetensors and the OS each raise their own type
+        raise OSError(f'could not write {dst} ({type(error).__name__}: {_first_line(error)})') from error
 
 
 def _to_device(value, device):

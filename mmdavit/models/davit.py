@@ -11,6 +11,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit, initialize, trunc_normal_
 
+from mmdavit.compat import autocast_enabled
 from mmdavit.models.fast_paths import tokens_to_nchw
 from mmdavit.models.layers import (ChannelAttention, ChannelAttentionV2, DaViTStage, OverlapDownsample,
                                    PatchDownsample, Stem, WindowAttention)
@@ -239,7 +240,7 @@ class DaViT(BaseModule):
             raise TypeError(f'DaViT expects floating-point images, got {images.dtype}: convert and normalise '
                             'them first (e.g. images.float(), then subtract the mean and divide by the std, as '
                             "mmdet's / mmseg's data_preprocessor does)")
-        if images.dtype != weights and not torch.is_autocast_enabled(images.device.type):
+        if images.dtype != weights and not autocast_enabled(images.device.type):
             raise TypeError(f'DaViT got {images.dtype} images but its weights are {weights}: cast the images '
                             f'(images.to({weights})), or the model (model.to({images.dtype})), or run under '
                             f"torch.autocast('{images.device.type}') for mixed precision")
