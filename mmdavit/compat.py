@@ -115,6 +115,8 @@ def _allowed_globals() -> Dict[str, Any]:
     """torch's own weights-only list (tensors, storages, dtypes, layouts...) plus mmengine's types."""
     from torch import _weights_only_unpickler
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    # torch 2.1's list has ten dtypes; a checkpoint's meta may name any (bfloat16, bool, uint8...)
+    allowed.update({str(t): t for t in vars(torch).values() if isinstance(t, torch.dtype)})
     for obj in _mmengine_types():
         allowed.update(dict.fromkeys(_names(obj), obj))
     return allowed
