@@ -154,7 +154,7 @@ def read_checkpoint_file(filename: str, map_location: Union[str, Callable], orig
     ``origin`` (``LOAD_FROM``, ``RESUME`` or ``AUTO_RESUME``). URLs and other schemes go to mmengine's
     ``CheckpointLoader`` unchecked."""
     if is_local(filename):
-        check_local_file(filename, origin, work_dir)
+        check_local_file(osp.expanduser(filename), origin, work_dir)  # mmengine expands ~ too
     try:
         checkpoint = _load_checkpoint(filename, map_location=map_location)
     except RefusedCheckpoint:
@@ -198,6 +198,13 @@ def _examples(names, count: int = 3) -> str:
     return ', '.join(names[:count]) + (', ...' if len(names) > count else '')
 
 
+def backbone_share(weights: Dict[str, torch.Tensor], loaded) -> float:
+    """The share of a backbone's weights (its state dict), by element count, that the names ``loaded`` give it:
+    ``load_from`` and ``init_cfg`` both refuse a checkpoint below ``MIN_BACKBONE_SHARE`` unless told otherwise."""
+    total = sum(v.numel() for v in weights.values())
+    return sum(weights[k].numel() for k in set(loaded)) / total if total else 1.0
+
+
 def check_same_model(model: torch.nn.Module, checkpoint: dict, filename: str, revise_keys: list,
                      skip_backbone: bool = False) -> None:
     """Raise when ``load_from`` would load (almost) nothing of ``model``: no shared parameter at all, or less
@@ -216,7 +223,7 @@ def check_same_model(model: torch.nn.Module, checkpoint: dict, filename: str, re
     if skip_backbone or total == 0:
         return
     loads = [k for k, v in backbone.items() if theirs.get(k) == v.shape]
-    share = sum(backbone[k].numel() for k in loads) / total
+    share = backbone_share(backbone, loads)
     if share >= MIN_BACKBONE_SHARE:
         return
     their_backbone = [k for k in theirs if k.startswith(BACKBONE_PREFIX)]

@@ -30,6 +30,7 @@ from mmengine.logging import MMLogger
 from mmengine.runner import CheckpointLoader
 
 from mmdavit.compat import RefusedCheckpoint, load_torch_file
+from mmdavit.engine.checkpointing import MIN_BACKBONE_SHARE, _examples, backbone_share, is_local, replacing
 from mmdavit.models.hub import HF_HUB_PREFIX, resolve_hf_hub
 
 StateDict = Dict[str, torch.Tensor]
@@ -118,14 +119,14 @@ class LoadReport(NamedTuple):
 # ---------------------------------------------------------------------------------------------------------
 
 class CheckpointFile:
-    """The tensors of one checkpoint, listed by name and shape before any is read."""
-
-    def __init__(self, path: str, shapes: Dict[str, Tuple[int, ...]]):
-        self.path = path
-        self.shapes = shapes
+    """The tensors of a checkpoint, listed by name (and shape, on demand) before any is read."""
+    path: str
 
     def keys(self) -> List[str]:
-        return list(self.shapes)
+        raise NotImplementedError
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        raise NotImplementedError
 
     def read(self, keys: Iterable[str]) -> StateDict:
         raise NotImplementedError
@@ -138,11 +139,17 @@ class SafetensorsFile(CheckpointFile):
         from safetensors import safe_open
         try:
             with safe_open(path, framework='pt', device='cpu') as f:
-                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                self.shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         except Exception as error:  # safetensors raises its own error type, OSError and others
             raise ValueError(f'Could not read {path} as a safetensors file ({type(error).__name__}: '
                              f'{_first_line(error)}). Is the file complete (an interrupted download?)') from error
-        super().__init__(path, shapes)
+        self.path = path
+
+    def keys(self) -> List[str]:
+        return list(self.shapes)
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        return self.shapes[key]
 
     def read(self, keys: Iterable[str]) -> StateDict:
         from safetensors import safe_open
@@ -150,25 +157,40 @@ class SafetensorsFile(CheckpointFile):
             return {key: f.get_tensor(key) for key in keys}
 
 
-class TorchFile(CheckpointFile):
-    """A ``torch.save`` file, read with ``weights_only=True`` and memory-mapped where torch can (zip
-    format), so tensors that are never used are never read from disk."""
+class LoadedCheckpoint(CheckpointFile):
+    """A checkpoint already loaded (its tensors in memory or memory-mapped), e.g. by a ``CheckpointLoader``
+    scheme: the tensors of its state dict, unwrapped."""
 
-    def __init__(self, path: str):
-        self.checkpoint = torch_load(path)
-        tensors = {k: v for k, v in unwrap_checkpoint(self.checkpoint).items() if isinstance(v, torch.Tensor)}
-        if not tensors:
+    def __init__(self, path: str, checkpoint: object):
+        self.path = path
+        self.checkpoint = checkpoint
+        self.tensors = {k: v for k, v in unwrap_checkpoint(checkpoint).items() if isinstance(v, torch.Tensor)}
+        if not self.tensors:
             raise ValueError(f'{path} holds no tensors: is it a model checkpoint?')
-        self.tensors = tensors
-        super().__init__(path, {k: tuple(v.shape) for k, v in tensors.items()})
+
+    def keys(self) -> List[str]:
+        return list(self.tensors)
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
 
     def read(self, keys: Iterable[str]) -> StateDict:
         return {key: self.tensors[key] for key in keys}
 
 
+class TorchFile(LoadedCheckpoint):
+    """A ``torch.save`` file, read without running code from it and memory-mapped where torch can (zip
+    format), so tensors that are never used are never read from disk."""
+
+    def __init__(self, path: str):
+        super().__init__(path, torch_load(path))
+
+
 class ShardedCheckpoint(CheckpointFile):
     """A checkpoint split into shards (safetensors or torch files) named by a ``*.index.json`` file
-    (``{"weight_map": {tensor name: shard file}}``); shards lie next to the index and open on demand."""
+    (``{"weight_map": {tensor name: shard file}}``); shards lie next to the index. The names come from the
+    index alone; a shard is opened only when one of its tensors is asked for, so the shards that hold no
+    backbone tensor (a VLM's language model) are never opened: missing or damaged, they do not matter."""
 
     def __init__(self, index_path: str):
         try:
@@ -179,24 +201,31 @@ class ShardedCheckpoint(CheckpointFile):
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f'{index_path} is not a sharded-checkpoint index (a JSON file with a "weight_map" '
                              f'from tensor names to shard files): {type(error).__name__}: {error}') from error
-        folder = os.path.dirname(index_path)
-        self.shard_of = {key: os.path.join(folder, shard) for key, shard in weight_map.items()}
-        for shard in sorted(set(self.shard_of.values())):
-            if not os.path.isfile(shard):
-                raise FileNotFoundError(f'Shard {os.path.basename(shard)} listed in {index_path} is missing: the '
-                                        f'shards must lie next to their index file ({folder or "."})')
+        self.path = index_path
+        self.folder = os.path.dirname(index_path)
+        self.shard_of = {key: os.path.join(self.folder, shard) for key, shard in weight_map.items()}
         self.shards: Dict[str, CheckpointFile] = {}
-        shapes = {}
-        for key, shard in self.shard_of.items():
-            if shard not in self.shards:
-                self.shards[shard] = open_file(shard)
-            shapes[key] = self.shards[shard].shapes.get(key)
-        absent = [k for k, shape in shapes.items() if shape is None]
-        if absent:
-            raise ValueError(f'{index_path} maps {len(absent)} tensors to shards that do not hold them (e.g. '
-                             f'{absent[0]} in {os.path.basename(self.shard_of[absent[0]])}): index and shards '
-                             f'are from different checkpoints')
-        super().__init__(index_path, shapes)
+
+    def keys(self) -> List[str]:
+        return list(self.shard_of)
+
+    def _shard(self, shard: str) -> CheckpointFile:
+        if shard not in self.shards:
+            if not os.path.isfile(shard):
+                raise FileNotFoundError(f'Shard {os.path.basename(shard)} listed in {self.path} is missing: the '
+                                        f'shards must lie next to their index file ({self.folder or "."})')
+            opened = open_file(shard)
+            held = set(opened.keys())
+            absent = [k for k, s in self.shard_of.items() if s == shard and k not in held]
+            if absent:
+                raise ValueError(f'{self.path} maps {len(absent)} tensors to shards that do not hold them (e.g. '
+                                 f'{absent[0]} in {os.path.basename(shard)}): index and shards are from different '
+                                 f'checkpoints')
+            self.shards[shard] = opened
+        return self.shards[shard]
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        return self._shard(self.shard_of[key]).shape(key)
 
     def read(self, keys: Iterable[str]) -> StateDict:
         by_shard: Dict[str, List[str]] = {}
@@ -204,12 +233,17 @@ class ShardedCheckpoint(CheckpointFile):
             by_shard.setdefault(self.shard_of[key], []).append(key)
         tensors = {}
         for shard, shard_keys in by_shard.items():
-            tensors.update(self.shards[shard].read(shard_keys))
+            tensors.update(self._shard(shard).read(shard_keys))
         return tensors
 
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else ''
+
+
+def one_line(error: Exception) -> str:
+    """An error's message on one line (for command-line tools: ``error: ...``, no traceback)."""
+    return ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def torch_load(path: str, mmap: bool = True, map_location='cpu') -> object:
@@ -263,8 +297,36 @@ def _looks_like_safetensors(path: str) -> bool:
 
 
 def open_checkpoint(path: str) -> CheckpointFile:
-    """A local path or an ``hf-hub://`` name -> its tensors, readable on demand."""
-    return open_file(resolve_hf_hub(path) if path.startswith(HF_HUB_PREFIX) else path)
+    """A local path (``~`` expanded) or an ``hf-hub://`` name -> its tensors, readable on demand; a name with
+    another scheme (``https://``, ``s3://``, ``open-mmlab://`` ...) -> the checkpoint mmengine's
+    ``CheckpointLoader`` loads for it."""
+    if path.startswith(HF_HUB_PREFIX):
+        return open_file(resolve_hf_hub(path))
+    if not is_local(path):
+        return LoadedCheckpoint(path, load_by_scheme(path))
+    return open_file(os.path.expanduser(path))
+
+
+def _scheme_names() -> List[str]:
+    """The schemes registered with mmengine's ``CheckpointLoader``, as a user writes them (``s3://``)."""
+    names = {re.sub(r'^\(\\S\+\\:\)\?', '', prefix) for prefix in CheckpointLoader._schemes}
+    return sorted(name for name in names if re.fullmatch(r'[\w.+-]+://', name))
+
+
+def load_by_scheme(path: str) -> object:
+    """The checkpoint that mmengine's ``CheckpointLoader`` loads for ``path`` (a name with a scheme), read on the
+    CPU; errors name the address. A scheme no loader knows is not taken for a local file."""
+    if CheckpointLoader._get_checkpoint_loader(path) is CheckpointLoader._schemes.get(''):  # the local fallback
+        raise ValueError(f'{path}: no checkpoint loader knows its scheme {path.split("://")[0]}://. Give a local '
+                         f'path, or a name with one of the schemes of mmengine\'s CheckpointLoader: '
+                         f'{", ".join(_scheme_names())}')
+    try:
+        return CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    except (FileNotFoundError, ValueError):  # the loaders' own errors name the file and the cause
+        raise
+    except Exception as error:  # network, storage-backend and import errors of each scheme
+        raise ValueError(f'Could not load checkpoint {path} ({type(error).__name__}: {_first_line(error)}). Is the '
+                         f'address right and reachable, and does it hold a torch.save checkpoint?') from error
 
 
 def read_checkpoint(path: str) -> StateDict:
@@ -381,7 +443,14 @@ def backbone_keys(keys: Iterable[str], prefix: Optional[str] = None) -> Tuple[Di
     Returns {backbone key without prefix: key in the checkpoint}, how many keys lie outside the prefix (neck,
     heads, a VLM's language model...), and the prefix used.
     """
-    unwrapped = {(k[len('module.'):] if k.startswith('module.') else k): k for k in keys}
+    unwrapped: Dict[str, str] = {}
+    for key in keys:
+        bare = key[len('module.'):] if key.startswith('module.') else key
+        if bare in unwrapped:
+            raise ValueError(f'Ambiguous checkpoint: it holds both {unwrapped[bare]} and {key}, two copies of one '
+                             'weight (with and without the "module." of a DataParallel wrapper); which is meant is '
+                             'unclear. Save a checkpoint with one copy of each weight')
+        unwrapped[bare] = key
     if prefix is None:
         prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p) for k in unwrapped)), '')
     if prefix and not prefix.endswith('.'):
@@ -425,6 +494,14 @@ def convert_keys(keys: Iterable[str], src_format: str = 'auto') -> Tuple[Dict[st
         for pattern, repl in rules:
             new = pattern.sub(repl, new)
         renamed[key] = new
+    if len(set(renamed.values())) < len(renamed):
+        first = {}
+        for key, new in renamed.items():
+            if new in first:
+                raise ValueError(f'Ambiguous checkpoint: {first[new]} and {key} are both {new} after {src_format} '
+                                 'conversion; which is meant is unclear. Save a checkpoint with one copy of each '
+                                 'weight')
+            first[new] = key
     return renamed, src_format
 
 
@@ -439,24 +516,42 @@ def convert_state_dict(state_dict: StateDict, src_format: str = 'auto') -> Tuple
 # ---------------------------------------------------------------------------------------------------------
 
 def load_pretrained(model: torch.nn.Module, path: str, prefix: Union[str, None] = None,
-                    src_format: str = 'auto') -> LoadReport:
-    """Load any supported DaViT checkpoint (a path or an ``hf-hub://`` name) into ``model``, reading only
-    the tensors it takes, and log what did and did not load."""
+                    src_format: str = 'auto', allow_partial: bool = False) -> LoadReport:
+    """Load any supported DaViT checkpoint (a path, an ``hf-hub://`` name or a URL) into ``model``, reading
+    only the tensors it takes, and log what did and did not load.
+
+    A checkpoint that gives the model less than ``MIN_BACKBONE_SHARE`` of its weights (by element count, as
+    ``load_from`` counts) is refused, unless ``allow_partial`` (``init_cfg=dict(..., allow_partial=True)``):
+    then it loads with the usual report and the rest keeps its initial values."""
     source = open_checkpoint(path)
     inside, outside, prefix = backbone_keys(source.keys(), prefix)
     renamed, src_format = convert_keys(inside, src_format)
     source_key = {new: inside[old] for old, new in renamed.items()}  # mmdavit key -> key in the file
     own = model.state_dict()
     for key, original in source_key.items():
-        if key in own and tuple(own[key].shape) != source.shapes[original]:
-            raise ValueError(f'Shape mismatch for {key}: checkpoint {source.shapes[original]} vs model '
+        if key in own and tuple(own[key].shape) != source.shape(original):
+            raise ValueError(f'Shape mismatch for {key}: checkpoint {source.shape(original)} vs model '
                              f'{tuple(own[key].shape)}. Does the checkpoint match arch={model.arch}?'
-                             + _florence_hint(key, source.shapes[original], tuple(own[key].shape)))
+                             + _florence_hint(key, source.shape(original), tuple(own[key].shape)))
     loadable = sorted(k for k in source_key if k in own)
     if not loadable:
         raise ValueError(f'No tensor of {path} matches this DaViT ({src_format} keys, e.g. '
                          f'{", ".join(list(source_key)[:4])}); is it a checkpoint of another model?')
+    share = backbone_share(own, loadable)
+    if share < MIN_BACKBONE_SHARE and not allow_partial:
+        left = [k for k in own if k not in source_key]
+        raise ValueError(f'{path} would give this DaViT (arch={model.arch}) only {share:.1%} of its weights '
+                         f'({len(loadable)} of {len(own)} tensors; not in it: {_examples(left)}): is it a '
+                         'checkpoint of another arch or model? Use weights of this arch; or, to load it anyway '
+                         'and keep the rest at their initial values, add allow_partial=True to the Pretrained '
+                         'init_cfg')
     tensors = source.read(source_key[k] for k in loadable)
+    for key in loadable:
+        tensor = tensors[source_key[key]]
+        if own[key].is_floating_point() and not tensor.is_floating_point():
+            raise ValueError(f'{source_key[key]} in {path} is a {str(tensor.dtype).replace("torch.", "")} tensor, '
+                             f'but {key} is a floating-point weight: a quantised (or otherwise non-float) '
+                             'checkpoint is not DaViT weights. Use the floating-point checkpoint')
     model.load_state_dict({k: tensors[source_key[k]] for k in loadable}, strict=False)
     missing = sorted(set(own) - set(source_key))
     has_output_norms = any(OUTPUT_NORM.match(k) for k in source_key)

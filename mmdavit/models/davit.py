@@ -117,7 +117,9 @@ class DaViT(BaseModule):
             it for the layers they name; ``dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads
             weights, after any other initialiser of the list (as mmengine orders it). ``PATH`` is a file in
             any format of ``docs/checkpoint-formats.md`` (official, timm, mmpretrain, Florence-2, mmdavit;
-            torch, safetensors or sharded) or a name such as ``'hf-hub://timm/davit_tiny.msft_in1k'``.
+            torch, safetensors or sharded), a name such as ``'hf-hub://timm/davit_tiny.msft_in1k'`` or a
+            URL of mmengine's ``CheckpointLoader`` (``https://``, ``s3://`` ...). A checkpoint that gives less
+            than half of the weights is refused unless the entry says ``allow_partial=True``.
 
     Example:
         >>> import torch
@@ -212,7 +214,8 @@ class DaViT(BaseModule):
         if pretrained:
             from mmdavit.models.checkpoints import load_pretrained
             for cfg in pretrained:
-                load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+                load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                                allow_partial=cfg.get('allow_partial', False))
         self._is_init = True
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -323,7 +326,8 @@ def drop_path_schedule(drop_path_rate: float, depths: Sequence[int]) -> List[flo
 
 
 # map_location is accepted as in mmengine's PretrainedInit; our loader reads on the CPU, then copies.
-PRETRAINED_KEYS = {'type', 'checkpoint', 'prefix', 'map_location'}
+# allow_partial: load a checkpoint that gives less than half of the weights (refused otherwise).
+PRETRAINED_KEYS = {'type', 'checkpoint', 'prefix', 'map_location', 'allow_partial'}
 
 
 def split_init_cfg(init_cfg: Union[dict, List[dict], None]) -> Tuple[List[dict], List[dict]]:

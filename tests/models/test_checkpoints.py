@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmdavit.models import DaViT, checkpoints, convert_state_dict, detect_format, load_pretrained
+from mmdavit.models import DaViT, convert_state_dict, detect_format, load_pretrained
 from tests.models.reference import perturb_, timm_davit, timm_davit_fl, timm_to_official
 from tests.models.test_equivalence import reference_features
 
@@ -289,21 +289,38 @@ def test_transformers_port_loads(tmp_path, narrow_timm):
     assert_matches_timm(model, narrow_timm)
 
 
+def spy_on_opened_files(monkeypatch) -> list:
+    """The paths every torch or safetensors file is opened with (torch.load, safetensors.safe_open), in order."""
+    import safetensors
+    opened = []
+
+    def torch_load(file, *args, original=torch.load, **kwargs):
+        opened.append(os.fspath(file) if isinstance(file, (str, Path)) else getattr(file, 'name', file))
+        return original(file, *args, **kwargs)
+
+    def safe_open(file, *args, original=safetensors.safe_open, **kwargs):
+        opened.append(os.fspath(file))
+        return original(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', torch_load)
+    monkeypatch.setattr(safetensors, 'safe_open', safe_open)
+    return opened
+
+
 @pytest.mark.parametrize('suffix', ['.safetensors', '.bin'])
-def test_sharded_checkpoint_reads_only_the_vision_tower(tmp_path, narrow_timm, florence2_vlm, suffix, monkeypatch):
+def test_sharded_checkpoint_opens_only_the_vision_tower_shards(tmp_path, narrow_timm, florence2_vlm, suffix,
+                                                               monkeypatch):
     index = save_sharded(florence2_vlm, tmp_path, suffix)
-    read = []
-    for reader in (checkpoints.SafetensorsFile, checkpoints.TorchFile):
-        def spy(self, keys, original=reader.read):
-            keys = list(keys)
-            read.extend(keys)
-            return original(self, keys)
-        monkeypatch.setattr(reader, 'read', spy)
+    stem = 'model' if suffix == '.safetensors' else 'pytorch_model'
+    language_model = tmp_path / f'{stem}-00003-of-00003{suffix}'
+    language_model.write_bytes(language_model.read_bytes()[:100])  # truncated: reading it would fail
+    opened = spy_on_opened_files(monkeypatch)
     model = DaViT(arch=dict(NARROW), drop_path_rate=0.0)
     report = load_pretrained(model, str(index))
     assert_vision_tower_report(report, narrow_timm, len(FLORENCE2_OTHERS), 'florence2')
     assert_matches_timm(model, narrow_timm)
-    assert read and all(k.startswith('vision_tower.') for k in read)  # the language model is never read
+    # The language model's shard is never opened; each vision shard is (once per reader: header, tensors).
+    assert {Path(p).name for p in opened} == {f'{stem}-00001-of-00003{suffix}', f'{stem}-00002-of-00003{suffix}'}
 
 
 @pytest.mark.parametrize('problem', ['not json', 'no weight_map', 'shard numbers', 'missing shard', 'wrong shard'])
@@ -452,3 +469,197 @@ def test_florence2_tower_from_each_format_matches_timm_fl(tmp_path, narrow_timm_
     assert report.fresh == OUTPUT_NORMS and report.missing == []
     assert model.stages[1].downsample.conv.weight.shape[2:] == (3, 3)
     assert_matches_timm(model, narrow_timm_fl)
+
+
+# --- Hardening: in-place conversion, bad destinations, URLs, partial / non-float / duplicate checkpoints, ~ ----------
+
+def load_converter():
+    """The converter script as a module, to call its main() in-process (a fresh interpreter costs ~10 s)."""
+    spec = importlib.util.spec_from_file_location('davit2mmdavit', ROOT / 'tools/model_converters/davit2mmdavit.py')
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    return converter
+
+
+def test_converter_in_place_keeps_the_file(tmp_path, narrow_timm, monkeypatch):
+    """SRC == DST for each output format. A .pth source is memory-mapped while it is read: writing over it
+    (the old torch.save to the same path) killed the converter with SIGBUS and left a truncated file. That one
+    runs in a subprocess, as the crash would take pytest down with it."""
+    expected = timm_to_mmdavit(narrow_timm.state_dict())
+    pth, safetensors_file = tmp_path / 'w.pth', tmp_path / 'w.safetensors'
+    torch.save({k: v.clone() for k, v in narrow_timm.state_dict().items()}, pth)
+    save({k: v.contiguous() for k, v in narrow_timm.state_dict().items()}, safetensors_file)
+    result = run_converter(str(pth), str(pth))
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    monkeypatch.setattr(sys, 'argv', ['davit2mmdavit.py', str(safetensors_file), str(safetensors_file)])
+    assert load_converter().main() == 0
+    for path in (pth, safetensors_file):
+        written = torch.load(path, weights_only=True)['state_dict'] if path.suffix == '.pth' else load_file(str(path))
+        written = {k: v for k, v in written.items() if not k.startswith('head.')}
+        assert sorted(written) == sorted(expected), path.name
+        assert all(torch.equal(written[k], v) for k, v in expected.items()), path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['w.pth', 'w.safetensors']  # no temporary file left
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_converter_failed_write_leaves_destination_as_it_was(tmp_path, florence2_vlm, suffix, monkeypatch, capsys):
+    """A write that fails half-way (disk full) leaves the old DST whole and no temporary file behind."""
+    import safetensors.torch
+    converter = load_converter()
+    src = save(florence2_vlm, tmp_path / 'model.safetensors')
+    dst = tmp_path / f'tower{suffix}'
+    dst.write_bytes(b'the previous file')
+
+    def fails_half_way(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b'half')
+        raise OSError(28, 'No space left on device (simulated)')
+
+    monkeypatch.setattr(torch, 'save', fails_half_way)
+    monkeypatch.setattr(safetensors.torch, 'save_file', fails_half_way)
+    monkeypatch.setattr(sys, 'argv', ['davit2mmdavit.py', str(src), str(dst)])
+    assert converter.main() == 1
+    stderr = capsys.readouterr().err
+    assert stderr == f'error: could not write {dst} (OSError: [Errno 28] No space left on device (simulated))\n'
+    assert dst.read_bytes() == b'the previous file'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.safetensors', f'tower{suffix}']
+
+
+@pytest.mark.parametrize('problem', ['missing folder .pth', 'missing folder .safetensors', 'empty', 'under /proc .pth',
+                                     'under /proc .safetensors'])
+def test_converter_destination_errors_in_one_line(tmp_path, florence2_vlm, problem, monkeypatch, capsys):
+    converter = load_converter()
+    src = save(florence2_vlm, tmp_path / 'model.safetensors')
+    suffix = problem.split()[-1]
+    dst = {'missing folder': str(tmp_path / 'nope' / f'tower{suffix}'), 'empty': '',
+           'under /proc': f'/proc/davit_tower{suffix}'}[problem.rsplit(' ', 1)[0] if problem != 'empty' else 'empty']
+    monkeypatch.setattr(sys, 'argv', ['davit2mmdavit.py', str(src), dst])
+    assert converter.main() == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr
+    expected = {'missing folder': f'the folder {tmp_path / "nope"} does not exist; create it first',
+                'empty': 'DST is empty: give the converted checkpoint a file name',
+                'under /proc': f'could not write /proc/davit_tower{suffix} ('}[
+                    problem.rsplit(' ', 1)[0] if problem != 'empty' else 'empty']
+    assert expected in stderr
+    assert not (tmp_path / 'nope').exists()
+
+
+def serve_folder(folder: Path, monkeypatch):
+    """An HTTP server on 127.0.0.1 for ``folder`` (in a thread); returns its base URL and the server."""
+    import functools
+    import http.server
+    import threading
+    for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(name, raising=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f'http://127.0.0.1:{server.server_address[1]}', server
+
+
+def test_init_cfg_with_a_url_loads_through_mmengine(tmp_path, narrow_timm, monkeypatch):
+    served = tmp_path / 'served'
+    served.mkdir()
+    torch.save({'state_dict': narrow_timm.state_dict(), 'meta': {}}, served / 'davit_narrow.pth')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))  # where mmengine caches downloads
+    url, server = serve_folder(served, monkeypatch)
+    try:
+        model = DaViT(arch=dict(NARROW), drop_path_rate=0.0,
+                      init_cfg=dict(type='Pretrained', checkpoint=f'{url}/davit_narrow.pth'))
+        model.init_weights()
+    finally:
+        server.shutdown()
+    assert_matches_timm(model, narrow_timm)
+    with pytest.raises(ValueError) as info:
+        load_pretrained(DaViT(arch=dict(NARROW)), 'nosuchscheme://bucket/davit.pth')
+    message = str(info.value)
+    assert 'no checkpoint loader knows its scheme nosuchscheme://' in message
+    assert all(scheme in message for scheme in ('hf-hub://', 'http://', 'https://', 's3://'))
+
+
+def test_init_cfg_refuses_a_checkpoint_with_less_than_half_of_the_weights(tmp_path, narrow_timm, log_records):
+    """The load_from rule (MIN_BACKBONE_SHARE of the backbone's elements), with its opt-out."""
+    from mmdavit.engine.checkpointing import MIN_BACKBONE_SHARE
+    state = {k: v for k, v in narrow_timm.state_dict().items() if k.startswith(('stem.', 'stages.0.', 'stages.1.'))}
+    path = save(state, tmp_path / 'first_stages.pth')
+    model = DaViT(arch=dict(NARROW), init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    own = model.state_dict()
+    share = sum(own[k].numel() for k in timm_to_mmdavit(state)) / sum(v.numel() for v in own.values())
+    assert share < MIN_BACKBONE_SHARE
+    with pytest.raises(ValueError) as info:
+        model.init_weights()
+    assert str(info.value).startswith(f'{path} would give this DaViT (arch={model.arch}) only {share:.1%} of its '
+                                      f'weights ({len(state)} of {len(own)} tensors; not in it: ')
+    assert 'add allow_partial=True to the Pretrained init_cfg' in str(info.value)
+    assert not torch.equal(model.stem.conv.weight, state['stem.conv.weight'])  # nothing loaded
+    # Opted out: loads what there is, and the report says how much.
+    model = DaViT(arch=dict(NARROW), init_cfg=dict(type='Pretrained', checkpoint=str(path), allow_partial=True))
+    model.init_weights()
+    assert torch.equal(model.stages[1].blocks[0].channel.attn.qkv.weight, state['stages.1.blocks.0.1.attn.qkv.weight'])
+    info = '\n'.join(r.getMessage() for r in log_records if r.levelno == logging.INFO)
+    assert f'DaViT: loaded {len(state)}/{len(own)} tensors from timm checkpoint {path}' in info
+
+
+def test_a_shallower_checkpoint_with_more_than_half_still_loads_with_its_report(tmp_path, log_records):
+    """Weights of a shallower DaViT into a deeper one (as DaViT-T into arch='small', 55%) give more than half of
+    its elements, so they load; the report counts what loaded and warns about every layer left as it was."""
+    shallow = DaViT(arch=dict(NARROW)).state_dict()
+    path = save(shallow, tmp_path / 'shallow.pth')
+    deeper = DaViT(arch=dict(NARROW, depths=(1, 1, 6, 1)))
+    own = deeper.state_dict()
+    assert 0.5 < sum(own[k].numel() for k in shallow) / sum(v.numel() for v in own.values()) < 0.7
+    report = load_pretrained(deeper, str(path))
+    assert report.loaded == sorted(shallow) and len(report.missing) == len(own) - len(shallow)
+    messages = '\n'.join(r.getMessage() for r in log_records)
+    assert f'DaViT: loaded {len(shallow)}/{len(own)} tensors from mmdavit checkpoint {path}' in messages
+    assert 'missing keys, left at their initial values: ' in messages and 'stages.2.blocks.5.channel' in messages
+
+
+@pytest.mark.parametrize('dtype', [torch.int8, torch.bool])
+def test_non_float_tensor_for_a_float_weight_is_refused(tmp_path, narrow_timm, dtype):
+    state = dict(narrow_timm.state_dict())
+    state['stem.conv.weight'] = (state['stem.conv.weight'] * 100).to(dtype)
+    path = save(state, tmp_path / 'quantised.safetensors')
+    model = DaViT(arch=dict(NARROW))
+    before = model.stem.conv.weight.clone()
+    with pytest.raises(ValueError) as info:
+        load_pretrained(model, str(path))
+    assert str(info.value).startswith(f'stem.conv.weight in {path} is a {str(dtype)[6:]} tensor, but '
+                                      'stem.conv.weight is a floating-point weight')
+    assert torch.equal(model.stem.conv.weight, before)
+
+
+@pytest.mark.parametrize('how', ['module. and bare', 'two formats'])
+def test_ambiguous_duplicate_keys_are_refused(tmp_path, narrow_timm, how):
+    state = dict(narrow_timm.state_dict())
+    if how == 'module. and bare':
+        state.update({f'module.{k}': torch.zeros_like(v) for k, v in narrow_timm.state_dict().items()})
+        first, second = 'stem.conv.weight', 'module.stem.conv.weight'
+    else:  # timm numbers the two blocks of a layer, its Florence-2 towers name them: both would load as one
+        state['stages.0.blocks.0.spatial_block.norm1.weight'] = torch.zeros(16)
+        first, second = 'stages.0.blocks.0.0.norm1.weight', 'stages.0.blocks.0.spatial_block.norm1.weight'
+    path = save(state, tmp_path / 'duplicates.pth')
+    with pytest.raises(ValueError, match='^Ambiguous checkpoint: ') as info:
+        load_pretrained(DaViT(arch=dict(NARROW)), str(path))
+    assert f'{first} and {second}' in str(info.value)
+
+
+def test_tilde_paths_are_expanded(tmp_path, narrow_timm, florence2_vlm, monkeypatch, capsys):
+    from mmdavit.engine.checkpointing import LOAD_FROM, read_checkpoint_file
+    monkeypatch.setenv('HOME', str(tmp_path))
+    save(florence2_vlm, tmp_path / 'vlm.safetensors')
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in timm_to_mmdavit(narrow_timm.state_dict()).items()}},
+               tmp_path / 'detector.pth')
+    # init_cfg
+    model = DaViT(arch=dict(NARROW), drop_path_rate=0.0, init_cfg=dict(type='Pretrained', checkpoint='~/vlm.safetensors'))
+    model.init_weights()
+    assert_matches_timm(model, narrow_timm)
+    # load_from's local-file check
+    checkpoint = read_checkpoint_file('~/detector.pth', 'cpu', LOAD_FROM)
+    assert torch.equal(checkpoint['state_dict']['backbone.stem.conv.weight'], narrow_timm.stem.conv.weight)
+    # the converter, both ends
+    monkeypatch.setattr(sys, 'argv', ['davit2mmdavit.py', '~/vlm.safetensors', '~/tower.safetensors'])
+    assert load_converter().main() == 0, capsys.readouterr().err
+    written = load_file(str(tmp_path / 'tower.safetensors'))
+    assert torch.equal(written['stem.conv.weight'], narrow_timm.stem.conv.weight)

@@ -6,25 +6,21 @@
 
 SRC is a .pth / .pt / .bin or .safetensors file, a sharded checkpoint's *.index.json, or an hf-hub:// name;
 of a whole-model checkpoint (detector, Florence-2 VLM) only the backbone's tensors are read and written. DST
-ending in .safetensors is written as safetensors, anything else with torch.save. Formats and names:
-docs/checkpoint-formats.md.
+ending in .safetensors is written as safetensors, anything else with torch.save, through a temporary file
+beside DST that replaces it once complete (so DST may be SRC). Formats and names: docs/checkpoint-formats.md.
 
 Not required for training (``init_cfg=dict(type='Pretrained', checkpoint=...)`` converts on the fly), but
 it makes a checkpoint that loads with plain ``load_state_dict`` and shows what a file holds.
 """
 import argparse
-import os
 import sys
 
-import torch
-
-from mmdavit.models.checkpoints import CONVERSION_RULES, MMDAVIT_KEY, backbone_keys, convert_keys, open_checkpoint
+from mmdavit.models.checkpoints import (CONVERSION_RULES, MMDAVIT_KEY, backbone_keys, check_destination, convert_keys,
+                                        one_line, open_checkpoint, write_checkpoint)
 
 
 def convert(src: str, dst: str, src_format: str = 'auto', prefix: str = None) -> None:
-    if os.path.isdir(dst):
-        raise IsADirectoryError(f'{dst} is a directory, not a file: give the converted checkpoint a file name, '
-                                f'e.g. {os.path.join(dst, "davit.pth")}')
+    dst = check_destination(dst)
     source = open_checkpoint(src)
     inside, outside, prefix = backbone_keys(source.keys(), prefix)
     renamed, src_format = convert_keys(inside, src_format)
@@ -34,12 +30,7 @@ def convert(src: str, dst: str, src_format: str = 'auto', prefix: str = None) ->
                          f'keys: {", ".join(list(renamed.values())[:4])}); check --format / --prefix')
     tensors = source.read(inside.values())
     converted = {renamed[key]: tensors[original] for key, original in inside.items()}
-    if dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in converted.items()}, dst,
-                  metadata={'source': src, 'source_format': src_format})
-    else:
-        torch.save({'state_dict': converted, 'meta': {'source': src, 'source_format': src_format}}, dst)
+    write_checkpoint(converted, dst, {'source': src, 'source_format': src_format})
     others = sorted(set(converted) - set(backbone))
     print(f'{src}: {src_format} format, {len(backbone)} backbone tensors written to {dst}')
     if outside:
@@ -61,7 +52,7 @@ def main() -> int:
     try:
         convert(args.src, args.dst, args.format, args.prefix)
     except (OSError, ValueError) as error:  # bad paths and files: one line, no traceback
-        print(f'error: {error}', file=sys.stderr)
+        print(f'error: {one_line(error)}', file=sys.stderr)
         return 1
     return 0
 

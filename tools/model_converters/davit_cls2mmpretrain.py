@@ -11,32 +11,31 @@ Backbone keys go through ``mmdavit.models.checkpoints.convert_state_dict`` (unde
 import argparse
 import sys
 
-import torch
-
-from mmdavit.models.checkpoints import read_checkpoint, unwrap_checkpoint
+from mmdavit.models.checkpoints import check_destination, one_line, read_checkpoint, unwrap_checkpoint, write_checkpoint
 from mmdavit.models.cls_head import convert_classifier_state_dict
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='official or timm DaViT classifier checkpoint (.pth / .pt)')
-    parser.add_argument('dst', help='where to write the mmpretrain ImageClassifier checkpoint')
+    parser.add_argument('dst', help='where to write the mmpretrain ImageClassifier checkpoint (.pth)')
     args = parser.parse_args()
 
     try:
+        dst = check_destination(args.dst)
         state_dict, src_format = convert_classifier_state_dict(unwrap_checkpoint(read_checkpoint(args.src)))
-    except ValueError as error:
-        print(f'error: {args.src}: {error}', file=sys.stderr)
+        meta = {'source': args.src, 'source_format': src_format}
+        num_classes = state_dict['head.fc.weight'].shape[0]
+        if num_classes == 1000:  # class names for tools/infer.py's pictures
+            from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
+            meta['dataset_meta'] = {'classes': list(IMAGENET_CATEGORIES)}
+        write_checkpoint(state_dict, dst, meta)  # via a temporary file: DST may be SRC
+    except (OSError, ValueError) as error:  # bad paths and files: one line, no traceback
+        print(f'error: {args.src}: {one_line(error)}', file=sys.stderr)
         return 1
-    meta = {'source': args.src, 'source_format': src_format}
-    num_classes = state_dict['head.fc.weight'].shape[0]
-    if num_classes == 1000:  # class names for tools/infer.py's pictures
-        from mmpretrain.datasets.categories import IMAGENET_CATEGORIES
-        meta['dataset_meta'] = {'classes': list(IMAGENET_CATEGORIES)}
-    torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)
     backbone = sum(k.startswith('backbone.') for k in state_dict)
     print(f'{args.src}: {src_format} classifier, {backbone} backbone + {len(state_dict) - backbone} head tensors '
-          f'({num_classes} classes) written to {args.dst}')
+          f'({num_classes} classes) written to {dst}')
     return 0
 
 
