@@ -15,7 +15,7 @@ import os
 import os.path as osp
 import re
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -63,6 +63,22 @@ def replacing(path: str) -> Iterator[str]:
         if osp.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def save_atomically(save: Callable[[str, str], object], out_dir: str, filename: str, local: bool = True,
+                    writer: bool = True) -> None:
+    """Call ``save(out_dir, name)`` (mmengine's ``save_checkpoint`` of either runner) so that
+    ``out_dir/filename`` appears complete or not at all: ``name`` is the partial file's path relative to
+    ``out_dir``, beside the final name even when ``filename`` has folders (``filename_tmpl='ckpts/iter_{}.pth'``;
+    mmengine creates them), renamed into place by the ``writer`` (the rank that writes; the other ranks of a
+    FlexibleRunner call ``save`` too, to gather FSDP's shards). Not ``local`` (another storage backend): ``save``
+    writes ``filename`` itself, as mmengine does."""
+    if not local:
+        save(out_dir, filename)
+        return
+    path = osp.join(out_dir, filename)
+    with replacing(path) if writer else nullcontext(partial_path(path)) as temporary:
+        save(out_dir, osp.relpath(temporary, out_dir))
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -271,6 +287,25 @@ def check_resumable(model: torch.nn.Module, checkpoint: dict, filename: str, rev
                      'new run from these weights with load_from=PATH and resume=False')
 
 
+def checked_for_loading(model: torch.nn.Module, checkpoint: dict, filename: str, revise_keys: list, origin: str,
+                        skip_backbone: bool, logger) -> dict:
+    """The checkpoint to load into ``model`` (unwrapped, or its unsharded twin) after the checks that fit
+    ``origin``: ``load_from`` must share the backbone (or, with ``skip_backbone``, loads neck and heads only);
+    a resume needs this very model (and loads the backbone whatever ``skip_backbone`` says)."""
+    if origin == LOAD_FROM:
+        check_same_model(model, checkpoint, filename, revise_keys, skip_backbone)
+        if skip_backbone:
+            checkpoint, skipped = without_backbone(checkpoint, revise_keys)
+            logger.info(f'{SKIP_BACKBONE_KEY}=True: loading neck and heads from {filename}, not its {skipped} '
+                        'backbone tensors (the backbone keeps its init_cfg weights)')
+        return checkpoint
+    if skip_backbone:
+        logger.warning(f'{SKIP_BACKBONE_KEY}=True applies to load_from only: resuming loads all of {filename}, '
+                       'backbone included (it continues that run)')
+    check_resumable(model, checkpoint, filename, revise_keys)
+    return checkpoint
+
+
 # Optimizer settings that are bookkeeping, not hyper-parameters a user sets
 OPTIMIZER_BOOKKEEPING = ('params', 'param_names', 'lr', 'initial_lr', 'group_name', 'layer_id', 'lr_scale')
 
@@ -301,3 +336,128 @@ def optimizer_overrides(configured: dict, checkpointed: dict) -> List[Tuple[str,
     names = ['lr'] + sorted(k for k in config if k in checkpoint and k not in OPTIMIZER_BOOKKEEPING)
     return [(k, config[k], checkpoint[k]) for k in names if k in config and k in checkpoint
             and not _same(config[k], checkpoint[k])]
+
+
+# --- optimizer states keyed by position (torch's optimizers: one process, DDP) or by parameter name (FSDP) ----
+# A resume may cross between the two: an FSDP run resumed without sharding (one process, DaViTRunner, DDP),
+# or a DDP / one-process checkpoint resumed under FSDP (after running out of memory, or on more ranks).
+PARAM_NAMES_META_KEY = 'optimizer_param_names'  # in checkpoint['meta']: each optimizer position's name
+
+
+def numbered_param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> List[str]:
+    """The name of each parameter of ``optimizer`` (of the unwrapped ``model``) in the order its state dict
+    numbers them: group after group, as torch numbers them."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [names.get(id(param), '') for group in optimizer.param_groups for param in group['params']]
+
+
+def is_keyed_by_name(optimizer_state: dict) -> bool:
+    return any(isinstance(key, str) for group in optimizer_state.get('param_groups', []) for key in group['params'])
+
+
+def _check_state_shapes(state: dict, shapes: Dict[str, torch.Size], filename: str, how: str) -> None:
+    for name, values in state.items():
+        for key, value in values.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != shapes[name]:
+                raise ValueError(f'Cannot resume the optimizer state of {filename}: its {key} of {name} ({how}) '
+                                 f'has shape {tuple(value.shape)}, the parameter {tuple(shapes[name])}. Was it '
+                                 'saved with another optimizer constructor or paramwise_cfg? Resume with the '
+                                 'config that wrote it, or start a new run from its weights (load_from=PATH, '
+                                 'resume=False)')
+
+
+def optimizer_state_by_name(optimizer_state: dict, shapes: Dict[str, torch.Size], filename: str,
+                            names: Optional[List[str]] = None) -> dict:
+    """An optimizer state dict keyed by position (torch's) keyed by parameter name, as
+    ``FSDP.optim_state_dict_to_load`` takes it. ``names``: the parameter of each position, as our runners
+    record it (``PARAM_NAMES_META_KEY``); checkpoints without it are numbered in ``shapes``' order, the
+    model's ``named_parameters()``, which is the order mmengine's optimizer constructors add parameters in
+    (checked by shape)."""
+    if is_keyed_by_name(optimizer_state):
+        return optimizer_state
+    groups = optimizer_state['param_groups']
+    count = sum(len(group['params']) for group in groups)
+    recorded = names is not None
+    names = list(names) if recorded else list(shapes)
+    if len(names) != count or not set(names) <= set(shapes):
+        unknown = [name for name in names if name not in shapes]
+        found = (f'parameters this model does not have ({_examples(unknown)})' if unknown else
+                 f'{count} parameters, this model {len(shapes)}')
+        raise ValueError(f'Cannot resume the optimizer state of {filename}: it holds {found}. Resume with the config '
+                         'that wrote it, or start a new run from its weights (load_from=PATH, resume=False)')
+    name_of = {index: names[position] for position, index in
+               enumerate(index for group in groups for index in group['params'])}
+    state = {name_of[index]: values for index, values in optimizer_state['state'].items()}
+    _check_state_shapes(state, shapes, filename,
+                        'by the names the checkpoint records' if recorded else "by position, in the model's order")
+    return dict(optimizer_state, state=state,
+                param_groups=[dict(group, params=[name_of[index] for index in group['params']]) for group in groups])
+
+
+def optimizer_state_by_index(optimizer_state: dict, group_names: List[List[str]], shapes: Dict[str, torch.Size],
+                             filename: str) -> dict:
+    """An optimizer state dict keyed by parameter name (FSDP's) keyed by position, for a torch optimizer
+    whose parameter groups hold the parameters named in ``group_names``; each group takes the settings (lr,
+    initial_lr, weight_decay, ...) of the checkpoint's group that holds its parameters."""
+    if not is_keyed_by_name(optimizer_state):
+        return optimizer_state
+    saved_group = {name: group for group in optimizer_state['param_groups'] for name in group['params']}
+    wanted = [name for names in group_names for name in names]
+    missing = [name for name in wanted if name not in saved_group]
+    if missing or len(saved_group) != len(wanted):
+        found = (f'{len(missing)} of this optimizer\'s parameters are not in it ({_examples(missing)})' if missing
+                 else f'it holds {len(saved_group)} parameters, this optimizer {len(wanted)}')
+        raise ValueError(f'Cannot resume the optimizer state of {filename}: {found}. Resume with the config that '
+                         'wrote it, or start a new run from its weights (load_from=PATH, resume=False)')
+    param_groups, index_of, position = [], {}, 0
+    for names in group_names:
+        sources = [saved_group[name] for name in names]
+        settings = [{k: v for k, v in group.items() if k not in ('params', 'param_names')} for group in sources]
+        if any(s.keys() != settings[0].keys() or not all(_same(s[k], settings[0][k]) for k in s)
+               for s in settings[1:]):
+            raise ValueError(f'Cannot resume the optimizer state of {filename}: its parameter groups differ from '
+                             f'this optimizer\'s ({names[0]} and {names[-1]} share a group here, with different '
+                             'settings there). Resume with the paramwise_cfg that wrote it')
+        group = dict(settings[0]) if settings else {}
+        group['params'] = list(range(position, position + len(names)))
+        index_of.update(zip(names, group['params']))
+        position += len(names)
+        param_groups.append(group)
+    _check_state_shapes(optimizer_state['state'], shapes, filename, 'by name')
+    state = {index_of[name]: values for name, values in optimizer_state['state'].items()}
+    return dict(optimizer_state, state=state, param_groups=param_groups)
+
+
+def optimizer_state_for(optimizer: torch.optim.Optimizer, model: torch.nn.Module, optimizer_state: dict,
+                        filename: str) -> dict:
+    """``optimizer_state`` (a checkpoint's, keyed by position or by name) keyed by position for ``optimizer``,
+    a torch optimizer of the unwrapped ``model`` (one process, DaViTRunner, DDP)."""
+    if not is_keyed_by_name(optimizer_state):
+        return optimizer_state
+    names = {id(param): name for name, param in model.named_parameters()}
+    group_names = [[names[id(param)] for param in group['params']] for group in optimizer.param_groups]
+    shapes = {name: param.shape for name, param in model.named_parameters()}
+    return optimizer_state_by_index(optimizer_state, group_names, shapes, filename)
+
+
+# --- what a resume keeps from the checkpoint although the config says otherwise ---------------------------
+# Scheduler attributes that are its progress or follow from other settings (total_iters = end - begin - 1), not
+# settings a user writes in param_scheduler
+SCHEDULER_BOOKKEEPING = ('last_step', 'base_values', 'verbose', 'best', 'num_bad_epochs', 'cooldown_counter',
+                         'total_iters')
+
+
+def scheduler_overrides(configured: list, checkpointed: list) -> List[Tuple[str, str, object, object]]:
+    """``(scheduler, setting, config value, checkpoint value)`` of each parameter-scheduler setting (begin,
+    end, factors, milestones, T_max, eta_min, ...) the checkpoint's scheduler state replaces on resume;
+    ``configured`` are the built schedulers, paired with the checkpoint's states in order as mmengine does."""
+    changes = []
+    for index, (scheduler, saved) in enumerate(zip(configured, checkpointed)):
+        own = scheduler.state_dict()
+        label = f'param_scheduler[{index}] {type(scheduler).__name__}'
+        for key in own:
+            if key.startswith('_') or key in SCHEDULER_BOOKKEEPING or key not in saved or callable(own[key]):
+                continue
+            if not _same(own[key], saved[key]):
+                changes.append((label, key, own[key], saved[key]))
+    return changes

@@ -20,7 +20,7 @@ Runner it adds:
   autocast and the heads in float32. With a GPU nothing changes.
 * **Missing datasets** say how to prepare the data.
 """
-import os.path as osp
+from functools import partial
 from typing import Callable, Dict, Optional, Union
 
 from mmengine.device import get_device
@@ -35,10 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmdavit.registry import RUNNERS
-from .checkpointing import (AUTO_RESUME, LOAD_FROM, RESUME, SKIP_BACKBONE_KEY, check_resumable, check_same_model,
-                            is_local, optimizer_overrides, read_checkpoint_file, replacing, without_backbone)
+from .checkpointing import (AUTO_RESUME, LOAD_FROM, PARAM_NAMES_META_KEY, RESUME, SKIP_BACKBONE_KEY,
+                            checked_for_loading, is_local, numbered_param_names, optimizer_overrides,
+                            optimizer_state_for, read_checkpoint_file, save_atomically, scheduler_overrides)
 from .cpu_amp import AMP_TYPES, CPUAmpOptimWrapper
-from .loops import RNG_META_KEY, ResumableLoopMixin, capture_rng_state, resumable_loop
+from .loops import RNG_META_KEY, SHAPE_META_KEY, ResumableLoopMixin, capture_rng_state, resumable_loop
 
 DATASET_HINTS = {
     'CocoDataset': ('COCO: download train2017.zip, val2017.zip and annotations_trainval2017.zip from '
@@ -56,6 +57,45 @@ def dataset_hint(dataloader_cfg: Dict) -> str:
     dataset_type = str(dataloader_cfg.get('dataset', {}).get('type', '')).split('.')[-1]
     how_to = DATASET_HINTS.get(dataset_type, f'Check the dataset paths of your {dataset_type or "dataset"} config.')
     return f'{how_to} {SYNTHETIC_HINT}'
+
+
+def warn_resume_overrides(logger, optim_wrapper, param_schedulers, checkpoint: dict, filename: str) -> None:
+    """mmengine resumes the optimizer state and the parameter schedulers' states from the checkpoint: say which
+    config values (e.g. ``--cfg-options optim_wrapper.optimizer.lr=...``, a longer warmup) that leaves unused."""
+    fix = ('To train with the config\'s values, start a new run from these weights with load_from=PATH and '
+           'resume=False')
+    if isinstance(optim_wrapper, OptimWrapper) and isinstance(checkpoint.get('optimizer'), dict):
+        overrides = optimizer_overrides(optim_wrapper.state_dict(), checkpoint['optimizer'])
+        if overrides:
+            changes = ', '.join(f'{name} {config!r} (config) -> {saved!r} (checkpoint)'
+                                for name, config, saved in overrides)
+            logger.warning(f'Resume: the optimizer state in {filename} replaces the config\'s settings: {changes}; '
+                           f'training continues with the checkpoint\'s. {fix}')
+    saved = checkpoint.get('param_schedulers')
+    if isinstance(param_schedulers, list) and isinstance(saved, list):
+        changes = [f'{scheduler} {name} {config!r} (config) -> {value!r} (checkpoint)'
+                   for scheduler, name, config, value in scheduler_overrides(param_schedulers, saved)]
+        if len(saved) != len(param_schedulers):
+            changes.append(f'{len(param_schedulers)} schedulers (config) -> {len(saved)} (checkpoint), paired in '
+                           'order (mmengine), the rest left as configured')
+        if changes:
+            logger.warning(f'Resume: the parameter-scheduler states in {filename} replace the config\'s '
+                           f'param_scheduler: {"; ".join(changes)}; training continues with the checkpoint\'s '
+                           f'schedule. {fix}')
+
+
+def resume_meta(loop, model: nn.Module, optim_wrapper) -> dict:
+    """What a resume needs beyond mmengine's checkpoint, for ``checkpoint['meta']``: the random states
+    (``RNG_META_KEY``), batch size and number of processes (``SHAPE_META_KEY``) and, for a torch optimizer
+    (its state is keyed by position), each position's parameter name (``PARAM_NAMES_META_KEY``), so that FSDP
+    can resume it. ``optim_wrapper``: None for FSDP's, which is keyed by name."""
+    meta = {RNG_META_KEY: getattr(loop, 'rng_state_outside_val', None) or capture_rng_state()}
+    if isinstance(loop, ResumableLoopMixin):
+        meta[SHAPE_META_KEY] = loop.shape()
+    if isinstance(optim_wrapper, OptimWrapper):
+        model = model.module if is_model_wrapper(model) else model
+        meta[PARAM_NAMES_META_KEY] = numbered_param_names(model, optim_wrapper.optimizer)
+    return meta
 
 
 @RUNNERS.register_module()
@@ -107,24 +147,18 @@ class DaViTRunner(Runner):
     def save_checkpoint(self, out_dir: str, filename: str, file_client_args: Optional[dict] = None,
                         save_optimizer: bool = True, save_param_scheduler: bool = True, meta: Optional[dict] = None,
                         by_epoch: bool = True, backend_args: Optional[dict] = None):
-        """mmengine's ``save_checkpoint``, plus the random states, written to a partial file and renamed into
-        place (for local folders; other storage backends are written as mmengine does)."""
+        """mmengine's ``save_checkpoint`` plus what a resume needs (:func:`resume_meta`), written to a partial
+        file and renamed into place (for local folders; other storage backends are written as mmengine does)."""
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f'meta should be a dict or None, but got {type(meta)}')
         if not is_main_process():
             return
-        meta = dict(meta or {})
-        loop = self._train_loop
-        meta[RNG_META_KEY] = getattr(loop, 'rng_state_outside_val', None) or capture_rng_state()
+        meta = dict(meta or {}, **resume_meta(self._train_loop, self.model, getattr(self, 'optim_wrapper', None)))
         args = dict(file_client_args=file_client_args, save_optimizer=save_optimizer,
                     save_param_scheduler=save_param_scheduler, meta=meta, by_epoch=by_epoch,
                     backend_args=backend_args)
-        if file_client_args is not None or backend_args is not None or not is_local(out_dir):
-            return super().save_checkpoint(out_dir, filename, **args)
-        with replacing(osp.join(out_dir, filename)) as temporary:
-            # relative to out_dir, so that a name with folders (filename_tmpl='ckpts/epoch_{}.pth') is
-            # written beside its final name (mmengine creates the folders)
-            super().save_checkpoint(out_dir, osp.relpath(temporary, out_dir), **args)
+        local = file_client_args is None and backend_args is None and is_local(out_dir)
+        save_atomically(partial(super().save_checkpoint, **args), out_dir, filename, local)
 
     def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):
@@ -137,19 +171,14 @@ class DaViTRunner(Runner):
         checkpoint = read_checkpoint_file(filename, map_location, origin, self.work_dir)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        if origin == LOAD_FROM:
-            skip_backbone = bool(self.cfg.get(SKIP_BACKBONE_KEY, False))
-            check_same_model(model, checkpoint, filename, revise_keys, skip_backbone)
-            if skip_backbone:
-                checkpoint, skipped = without_backbone(checkpoint, revise_keys)
-                self.logger.info(f'{SKIP_BACKBONE_KEY}=True: loading neck and heads from {filename}, not its '
-                                 f'{skipped} backbone tensors (the backbone keeps its init_cfg weights)')
-        else:
-            if self.cfg.get(SKIP_BACKBONE_KEY, False):
-                self.logger.warning(f'{SKIP_BACKBONE_KEY}=True applies to load_from only: resuming loads all of '
-                                    f'{filename}, backbone included (it continues that run)')
-            check_resumable(model, checkpoint, filename, revise_keys)
-            self._warn_optimizer_overrides(checkpoint, filename)
+        checkpoint = checked_for_loading(model, checkpoint, filename, revise_keys, origin,
+                                         bool(self.cfg.get(SKIP_BACKBONE_KEY, False)), self.logger)
+        if origin != LOAD_FROM:
+            if isinstance(self.optim_wrapper, OptimWrapper) and isinstance(checkpoint.get('optimizer'), dict):
+                # an FSDP checkpoint keys it by parameter name
+                checkpoint['optimizer'] = optimizer_state_for(self.optim_wrapper.optimizer, model,
+                                                              checkpoint['optimizer'], filename)
+            warn_resume_overrides(self.logger, self.optim_wrapper, self.param_schedulers, checkpoint, filename)
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
         self._loaded_checkpoint_meta = checkpoint.get('meta', {})
         self._has_loaded = True
@@ -171,17 +200,5 @@ class DaViTRunner(Runner):
             self._loading_for = LOAD_FROM
         loop = self.train_loop
         if isinstance(loop, ResumableLoopMixin):
-            loop.prepare_resume(getattr(self, '_loaded_checkpoint_meta', {}).get(RNG_META_KEY))
-
-    def _warn_optimizer_overrides(self, checkpoint: dict, filename: str) -> None:
-        """mmengine resumes the optimizer state and schedule from the checkpoint: say which config values
-        (e.g. ``--cfg-options optim_wrapper.optimizer.lr=...``) that leaves unused."""
-        if not isinstance(self.optim_wrapper, OptimWrapper) or not isinstance(checkpoint.get('optimizer'), dict):
-            return
-        overrides = optimizer_overrides(self.optim_wrapper.state_dict(), checkpoint['optimizer'])
-        if overrides:
-            changes = ', '.join(f'{name} {config!r} (config) -> {saved!r} (checkpoint)'
-                                for name, config, saved in overrides)
-            self.logger.warning(f'Resume: the optimizer state in {filename} replaces the config\'s settings: '
-                                f'{changes}; training continues with the checkpoint\'s. To train with the config\'s '
-                                'values, start a new run from these weights with load_from=PATH and resume=False')
+            meta = getattr(self, '_loaded_checkpoint_meta', {})
+            loop.prepare_resume(meta.get(RNG_META_KEY), meta.get(SHAPE_META_KEY))

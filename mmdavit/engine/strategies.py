@@ -22,10 +22,9 @@ and leaves parameter names alone; mmengine's option wraps modules in ``Checkpoin
 which renames parameters (``._checkpoint_wrapped_module.``) for the optimizer constructor.
 """
 import copy
-import os.path as osp
 import re
-from contextlib import nullcontext
 from datetime import timedelta
+from functools import partial
 from typing import Callable, Optional, Union
 
 import torch
@@ -36,6 +35,7 @@ from mmengine._strategy.base import BaseStrategy
 from mmengine.device import get_device
 from mmengine.dist import all_gather_object, is_main_process
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapper
 from mmengine.runner import FlexibleRunner
 from mmengine.runner.loops import BaseLoop
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -43,11 +43,11 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from mmdavit.models.layers import DaViTLayer
 from mmdavit.registry import RUNNERS, STRATEGIES
-from .checkpointing import (LOAD_FROM, RESUME, check_resumable, check_same_model, is_local, partial_path,
-                            read_checkpoint_file, replacing)
+from .checkpointing import (LOAD_FROM, PARAM_NAMES_META_KEY, RESUME, SKIP_BACKBONE_KEY, checked_for_loading, is_local,
+                            optimizer_state_by_name, optimizer_state_for, read_checkpoint_file, save_atomically)
 from .cpu_amp import AMP_TYPES, CPUAmpOptimWrapper
-from .loops import RNG_META_KEY, ResumableLoopMixin, capture_rng_state, resumable_loop
-from .runner import DaViTRunner
+from .loops import RNG_META_KEY, SHAPE_META_KEY, ResumableLoopMixin, resumable_loop
+from .runner import DaViTRunner, resume_meta, warn_resume_overrides
 
 RANK_RNG_META_KEY = 'rng_state_per_rank'  # in checkpoint['meta'], beside loops.RNG_META_KEY (rank 0's)
 OPTIMIZER_KEYS = ('state', 'param_groups')  # an optimizer's own state dict; anything else is the wrapper's
@@ -101,6 +101,8 @@ class DaViTFSDPStrategy(FSDPStrategy):
         torch_dist.init_process_group('gloo', timeout=timedelta(seconds=timeout) if timeout else None)
 
     def _wrap_model(self, model: nn.Module) -> nn.Module:
+        # The unsharded parameters, for optimizer states keyed by position (checkpoints of DDP, one process)
+        self.param_shapes = {name: param.shape for name, param in model.named_parameters()}
         if not self.distributed:
             self.logger.info('DaViTFSDPStrategy in a single process: the model runs unsharded')
             return model.to(get_device())
@@ -141,9 +143,16 @@ class DaViTFSDPStrategy(FSDPStrategy):
         return state
 
     def load_optim_state_dict(self, state_dict: dict) -> None:
-        if self.sharded:
+        """Load a checkpoint's optimizer state, keyed by parameter name (FSDP's) or by position (a torch
+        optimizer's: DaViTRunner, DDP, a single process), into this optimizer, sharded or not."""
+        filename, meta = self._loaded_from
+        if not self.sharded:
+            model = self.model.module if is_model_wrapper(self.model) else self.model
+            state_dict = optimizer_state_for(self.optim_wrapper.optimizer, model, state_dict, filename)
+        else:
             wrapper_entries = {k: v for k, v in state_dict.items() if k not in OPTIMIZER_KEYS}
-            optimizer_state = {k: v for k, v in state_dict.items() if k in OPTIMIZER_KEYS}
+            optimizer_state = optimizer_state_by_name({k: v for k, v in state_dict.items() if k in OPTIMIZER_KEYS},
+                                                      self.param_shapes, filename, meta.get(PARAM_NAMES_META_KEY))
             # torch >= 2.1's argument order (mmengine 0.10 passes the state dict first).
             state_dict = dict(FSDP.optim_state_dict_to_load(self.model, self.optim_wrapper.optimizer,
                                                             optimizer_state), **wrapper_entries)
@@ -160,6 +169,8 @@ class DaViTFSDPStrategy(FSDPStrategy):
         return built
 
     _loading_for = LOAD_FROM  # what load_checkpoint serves, for errors that fit: load_from unless resuming
+    _loaded_from = ('', {})  # the checkpoint being resumed: its file and meta
+    load_from_skip_backbone = False  # load_from loads neck and heads only (DaViTFlexibleRunner sets it)
 
     def resume(self, filename: str, **kwargs) -> dict:
         self._loading_for = RESUME
@@ -176,13 +187,12 @@ class DaViTFSDPStrategy(FSDPStrategy):
         self.logger.info(f'Load checkpoint from {filename}')
         checkpoint = read_checkpoint_file(filename, 'cpu' if map_location == 'default' else map_location,
                                           self._loading_for, self.work_dir)
+        self._loaded_from = (filename, checkpoint.get('meta') or {})
         if callback is not None:
             callback(checkpoint)
         model = self.unsharded_twin or (self.model.module if is_model_wrapper(self.model) else self.model)
-        if self._loading_for == LOAD_FROM:
-            check_same_model(model, checkpoint, filename, revise_keys)
-        else:
-            check_resumable(model, checkpoint, filename, revise_keys)
+        checkpoint = checked_for_loading(model, checkpoint, filename, revise_keys, self._loading_for,
+                                         self.load_from_skip_backbone, self.logger)
         state_dict = checkpoint.pop('state_dict')
         self.load_model_state_dict(state_dict, strict=strict, revise_keys=revise_keys)
         return checkpoint
@@ -227,46 +237,82 @@ class DaViTFlexibleRunner(FlexibleRunner):
 
     build_dataloader = staticmethod(DaViTRunner.build_dataloader)
     loaded_checkpoint_meta: Optional[dict] = None
+    _resuming: Optional[str] = None  # the checkpoint being resumed from
 
     def build_train_loop(self, loop: Union[BaseLoop, dict]) -> BaseLoop:
         return super().build_train_loop(resumable_loop(loop) if isinstance(loop, dict) else loop)
 
     def call_hook(self, fn_name: str, **kwargs) -> None:
         if fn_name == 'after_load_checkpoint':  # FlexibleRunner.resume does not return the checkpoint
-            self.loaded_checkpoint_meta = kwargs['checkpoint'].get('meta', {})
+            checkpoint = kwargs['checkpoint']
+            self.loaded_checkpoint_meta = checkpoint.get('meta', {})
+            if self._resuming is not None:
+                self._prepare_resumed_state(checkpoint, self._resuming)
         super().call_hook(fn_name, **kwargs)
+
+    def _prepare_resumed_state(self, checkpoint: dict, filename: str) -> None:
+        """An optimizer state of another kind for mmengine's strategies (DaViTFSDPStrategy converts its own),
+        and the warnings about config values the checkpoint's states replace."""
+        strategy = self.strategy
+        optim_wrapper = getattr(strategy, 'optim_wrapper', None)
+        if (not isinstance(strategy, DaViTFSDPStrategy) and isinstance(optim_wrapper, OptimWrapper)
+                and isinstance(checkpoint.get('optimizer'), dict)):
+            model = strategy.model.module if is_model_wrapper(strategy.model) else strategy.model
+            checkpoint['optimizer'] = optimizer_state_for(optim_wrapper.optimizer, model, checkpoint['optimizer'],
+                                                          filename)
+        warn_resume_overrides(self.logger, optim_wrapper, getattr(strategy, 'param_schedulers', None), checkpoint,
+                              filename)
+
+    def _pass_skip_backbone(self) -> None:
+        skip = bool(self.cfg.get(SKIP_BACKBONE_KEY, False))
+        if isinstance(self.strategy, DaViTFSDPStrategy):
+            self.strategy.load_from_skip_backbone = skip
+        elif skip:
+            raise ValueError(f'{SKIP_BACKBONE_KEY}=True works with DaViTRunner and with DaViTFlexibleRunner\'s '
+                             f'DaViTFSDPStrategy, not with {type(self.strategy).__name__}, which would load the whole '
+                             f'checkpoint: use one of them, or remove {SKIP_BACKBONE_KEY}')
+
+    def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu', strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]):
+        self._pass_skip_backbone()
+        return super().load_checkpoint(filename, map_location, strict, revise_keys)
 
     def save_checkpoint(self, out_dir: str, filename: str, file_client_args: Optional[dict] = None,
                         save_optimizer: bool = True, save_param_scheduler: bool = True, meta: Optional[dict] = None,
                         by_epoch: bool = True, backend_args: Optional[dict] = None):
-        """``FlexibleRunner.save_checkpoint`` plus the random states; every rank takes part (FSDP gathers
-        the shards), rank 0 writes a partial file and renames it into place (local folders)."""
+        """``FlexibleRunner.save_checkpoint`` plus what a resume needs (``resume_meta``, and every rank's random
+        states); every rank takes part (FSDP gathers the shards), rank 0 writes a partial file and renames it
+        into place (local folders)."""
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f'meta should be a dict or None, but got {type(meta)}')
-        meta = dict(meta or {})
-        meta[RNG_META_KEY] = getattr(self._train_loop, 'rng_state_outside_val', None) or capture_rng_state()
+        strategy = self.strategy
+        sharded = isinstance(strategy, DaViTFSDPStrategy) and strategy.sharded  # its optimizer state: by name
+        meta = dict(meta or {}, **resume_meta(self._train_loop, strategy.model,
+                                              None if sharded else getattr(strategy, 'optim_wrapper', None)))
         if self.world_size > 1:  # every rank's generators, so that a resumed distributed run draws the same
             meta[RANK_RNG_META_KEY] = all_gather_object(meta[RNG_META_KEY])
         args = dict(file_client_args=file_client_args, save_optimizer=save_optimizer,
                     save_param_scheduler=save_param_scheduler, meta=meta, by_epoch=by_epoch,
                     backend_args=backend_args)
-        if file_client_args is not None or backend_args is not None or not is_local(out_dir):
-            return super().save_checkpoint(out_dir, filename, **args)
-        path = osp.join(out_dir, filename)
-        with replacing(path) if is_main_process() else nullcontext(partial_path(path)) as temporary:
-            super().save_checkpoint(out_dir, osp.basename(temporary), **args)
+        local = file_client_args is None and backend_args is None and is_local(out_dir)
+        save_atomically(partial(super().save_checkpoint, **args), out_dir, filename, local, is_main_process())
 
     def resume(self, filename: str, resume_optimizer: bool = True, resume_param_scheduler: bool = True,
                map_location: Union[str, Callable] = 'default') -> None:
-        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        self._pass_skip_backbone()
+        self._resuming = filename
+        try:
+            super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        finally:
+            self._resuming = None
         loop = self.train_loop
         if not isinstance(loop, ResumableLoopMixin):
             return
         meta = self.loaded_checkpoint_meta or {}
         rank_states = meta.get(RANK_RNG_META_KEY)
         if rank_states is not None and len(rank_states) == self.world_size:
-            loop.prepare_resume(None)  # position in the epoch
+            loop.prepare_resume(None, meta.get(SHAPE_META_KEY))  # position in the epoch
             loop.pending_rng_state = rank_states[self.rank]  # restored where the loop restores a saved state
             self.logger.info(f'Resume: random states of all {self.world_size} ranks restored')
         else:  # another number of ranks, or a single-process checkpoint
-            loop.prepare_resume(meta.get(RNG_META_KEY))
+            loop.prepare_resume(meta.get(RNG_META_KEY), meta.get(SHAPE_META_KEY))

@@ -4,10 +4,12 @@ zoo (the paper's sizes and Florence-2's vision towers), its resolution, and the 
 The blocks are in ``mmdavit.models.layers``, their CPU fast paths in ``mmdavit.models.fast_paths``.
 """
 import math
+import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit, initialize, trunc_normal_
 
@@ -105,7 +107,8 @@ class DaViT(BaseModule):
             Florence-2).
         mlp_ratio (float): MLP hidden size over dims. Default 4.
         out_indices (Sequence[int]): Stages to output (negatives count from the end); each gets a
-            LayerNorm ``norm{i}``. Default (0, 1, 2, 3).
+            LayerNorm ``norm{i}``. Stages after the last one are not built (a checkpoint's weights for them
+            are skipped when loading). Default (0, 1, 2, 3).
         drop_path_rate (float): Stochastic depth, linear over the 2 * sum(depths) blocks (official).
         frozen_stages (int): -1 freezes nothing; k freezes the stem and stages 0..k (downsample,
             blocks, output norm) and keeps them in eval mode.
@@ -174,9 +177,12 @@ class DaViT(BaseModule):
         self.drop_path_rates = drop_path_schedule(drop_path_rate, depths)
 
         self.stem = Stem(in_channels, dims[0])
+        # Stages after the last output are not built: they would never run, and under DDP their parameters
+        # would wait for gradients forever ("Expected to have finished reduction in the prior iteration").
+        # Checkpoints that have them still load: their keys are dropped, with one line in the log.
         self.stages = nn.ModuleList()
         first_block = 0
-        for i in range(num_stages):
+        for i in range(self.out_indices[-1] + 1):
             rates = self.drop_path_rates[2 * first_block:2 * (first_block + depths[i])]
             self.stages.append(
                 DaViTStage(dims[i - 1] if i else dims[0], dims[i], depths[i], num_heads[i], spec['window_size'],
@@ -186,6 +192,7 @@ class DaViT(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
         self._freeze_stages()
+        self._register_load_state_dict_pre_hook(self._drop_unbuilt_stages)
 
     @staticmethod
     def _normalise_out_indices(out_indices: Sequence[int], num_stages: int) -> Tuple[int, ...]:
@@ -237,6 +244,18 @@ class DaViT(BaseModule):
                 break
         return tuple(outs)
 
+    def _drop_unbuilt_stages(self, state_dict: dict, prefix: str, *args) -> None:
+        """Drop a checkpoint's weights of the stages this model does not build (after its last output): their
+        blocks and output norms."""
+        unbuilt = re.compile(re.escape(prefix) + r'(?:stages\.|norm)(\d+)\.')
+        dropped = [k for k in state_dict if (m := unbuilt.match(k)) and int(m.group(1)) >= len(self.stages)]
+        if dropped:
+            for key in dropped:
+                del state_dict[key]
+            print_log(f'DaViT: {len(dropped)} tensors of the checkpoint\'s stages from {len(self.stages)} on '
+                      f'({dropped[0]}, ...) not loaded: out_indices={self.out_indices} ends at stage '
+                      f'{len(self.stages) - 1}, and the stages after it are not built', logger='current')
+
     def _check_dtype(self, images: torch.Tensor):
         weights = self.stem.conv.weight.dtype
         if not images.is_floating_point():
@@ -252,7 +271,7 @@ class DaViT(BaseModule):
         if self.frozen_stages < 0:
             return []
         modules = [self.stem]
-        for i in range(self.frozen_stages + 1):
+        for i in range(min(self.frozen_stages + 1, len(self.stages))):
             modules.append(self.stages[i])
             if i in self.out_indices:
                 modules.append(getattr(self, f'norm{i}'))
