@@ -253,6 +253,17 @@ def static_deformable_attention(model: nn.Module, shapes: List[Tuple[int, int]])
             delattr(module, name)
 
 
+def deformable_attention_at(module: nn.Module, feats: Sequence[Tensor]):
+    """:func:`static_deformable_attention` for a Mask2Former head (mmdet's or mmseg's) given the backbone / neck
+    features it runs on; a no-op context for a module without a deformable pixel decoder (e.g. UperNet)."""
+    decoder = getattr(module, 'pixel_decoder', None)
+    if decoder is None or not hasattr(decoder, 'num_encoder_levels'):
+        return contextlib.nullcontext()
+    # the pixel decoder's deformable encoder runs on the coarsest num_encoder_levels maps, coarse first
+    shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats][::-1][:decoder.num_encoder_levels]
+    return static_deformable_attention(module, shapes)
+
+
 def _detections(boxes: Tensor, scores: Tensor, labels: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Rows sorted so far by descending score with the invalid ones anywhere -> valid rows first (by score),
     padding rows (score 0, label -1, box 0) after."""
@@ -309,6 +320,11 @@ class DINOWrapper(_QueryWrapper):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         model = self.model
         input_size, image_size = self.sizes(images)
+        if image_size != input_size:
+            # mmdet masks the padding in the transformer's attention; the graph would need those masks
+            raise NotImplementedError(
+                f'DINO export needs the image to fill the input (image {image_size}, input {input_size}): '
+                'use a config without padding (data_preprocessor pad_size_divisor=1, as the DINO configs have)')
         samples = _data_samples(int(images.shape[0]), input_size, image_size)
         feats = model.extract_feat(images)
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
@@ -372,12 +388,8 @@ class Mask2FormerInstanceWrapper(_QueryWrapper):
         input_size, image_size = self.sizes(images)
         batch = int(images.shape[0])
         feats = model.extract_feat(images)
-        head = model.panoptic_head
-        # the pixel decoder's deformable encoder runs on the coarsest num_encoder_levels maps, coarse first
-        levels = head.pixel_decoder.num_encoder_levels
-        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats][::-1][:levels]
-        with static_deformable_attention(model, shapes):
-            cls_list, mask_list = head(feats, _data_samples(batch, input_size, image_size))
+        with deformable_attention_at(model.panoptic_head, feats):
+            cls_list, mask_list = model.panoptic_head(feats, _data_samples(batch, input_size, image_size))
         mask_cls = cls_list[-1]  # [B, Q, C + 1]
         mask_pred = F.interpolate(mask_list[-1], size=input_size, mode='bilinear', align_corners=False)
         mask_pred = mask_pred[:, :, :image_size[0], :image_size[1]]  # remove padding

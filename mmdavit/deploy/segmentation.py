@@ -5,7 +5,8 @@
 masks, summed over queries) -- then what mmseg's ``postprocess_result`` does at the input size: the argmax
 (or, for a single output channel, the sigmoid and the head's threshold). Outputs ``seg_logits`` float32
 [B, C, H, W] and ``seg_labels`` int64 [B, H, W] at the graph's input size; the runtime crops the padding and
-resizes to the original image, as ``postprocess_result`` does.
+resizes to the original image, as ``postprocess_result`` does. Mask2Former's deformable pixel decoder runs as
+in the instance wrapper (``mmdavit.deploy.query_based``: grid_sample at static level sizes).
 
 UperNet's pyramid pooling uses ``nn.AdaptiveAvgPool2d(1, 2, 3, 6)``. The dynamo exporter decomposes it
 exactly; the TorchScript exporter refuses output sizes that do not divide the input (e.g. 6 on a 16 x 16 map),
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdavit.deploy.export import register_wrapper
+from mmdavit.deploy.query_based import deformable_attention_at
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int, dtype=torch.float32, device=None) -> Tensor:
@@ -86,14 +88,17 @@ class SegmentorWrapper(nn.Module):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         size = tuple(int(side) for side in images.shape[-2:])
         metas = [dict(img_shape=size, pad_shape=size, ori_shape=size)] * int(images.shape[0])
-        pooling = exact_adaptive_pooling(self.model) if torch.jit.is_tracing() else contextlib.nullcontext()
+        model = self.model
+        pooling = exact_adaptive_pooling(model) if torch.jit.is_tracing() else contextlib.nullcontext()
         with pooling:
-            logits = self.model.encode_decode(images, metas)
+            feats = model.extract_feat(images)  # encode_decode, with the feature sizes at hand
+            with deformable_attention_at(model.decode_head, feats):
+                logits = model.decode_head.predict(feats, metas, model.test_cfg)
         if logits.shape[1] > 1:
             return logits, logits.argmax(dim=1)
         # one channel: mmseg returns the sigmoid and thresholds it with the head's threshold
         probabilities = logits.sigmoid()
-        return probabilities, (probabilities > self.model.decode_head.threshold)[:, 0].long()
+        return probabilities, (probabilities > model.decode_head.threshold)[:, 0].long()
 
 
 @register_wrapper('EncoderDecoder')
