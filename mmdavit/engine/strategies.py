@@ -46,6 +46,7 @@ from mmdavit.registry import RUNNERS, STRATEGIES
 from .checkpointing import (LOAD_FROM, PARAM_NAMES_META_KEY, RESUME, SKIP_BACKBONE_KEY, checked_for_loading, is_local,
                             optimizer_state_by_name, optimizer_state_for, read_checkpoint_file, save_atomically)
 from .cpu_amp import AMP_TYPES, CPUAmpOptimWrapper
+from .fsdp_optim import check_optimizer_params, clip_by_global_norm
 from .loops import RNG_META_KEY, SHAPE_META_KEY, ResumableLoopMixin, resumable_loop
 from .runner import DaViTRunner, resume_meta, warn_resume_overrides
 
@@ -61,6 +62,11 @@ class DaViTFSDPStrategy(FSDPStrategy):
 
     * ``model_wrapper.auto_wrap_policy`` defaults to one FSDP unit per ``DaViTLayer`` (its parameters are
       gathered just before the layer runs and freed after); the neck and heads form the root unit.
+    * The optimizer trains as under DDP: its wrapper is built on the model before sharding, so
+      ``paramwise_cfg`` (``custom_keys``, ``norm_decay_mult``, ``flat_decay_mult``, ...) and the layer-wise
+      LR decay constructor see the parameters' own names and shapes; ``clip_grad=dict(max_norm=...)`` clips
+      by (and logs) the norm of the whole gradient, over all ranks (:mod:`mmdavit.engine.fsdp_optim`).
+      Needs ``use_orig_params=True`` (the default).
     * ``state_dict_cfg='full'`` (the only one accepted): rank 0 writes one file with the unsharded state
       dicts of model and optimizer, which any number of ranks resumes from and a plain model loads.
     * Without CUDA: a gloo process group and ``device_id=cpu``; ``AmpOptimWrapper`` becomes
@@ -83,7 +89,21 @@ class DaViTFSDPStrategy(FSDPStrategy):
                              'file per rank that only the same number of ranks can resume from, and that '
                              'tools/test.py, tools/infer.py and load_from cannot read')
         model_wrapper = dict(type='MMFullyShardedDataParallel', **(model_wrapper or {}))
+        if not model_wrapper.get('use_orig_params', True):
+            raise ValueError('DaViTFSDPStrategy needs model_wrapper.use_orig_params=True (the default): the '
+                             'optimizer is built on the unsharded model, so that paramwise_cfg treats every '
+                             'parameter as under DDP, and steps those parameters, whose data FSDP shards')
         super().__init__(model_wrapper=model_wrapper, state_dict_cfg=state_dict_cfg, **kwargs)
+
+    _optim_wrapper_cfg = None  # during prepare(): the optimizer wrapper config, built in _wrap_model
+    _unsharded_optim_wrapper = None  # ... and the wrapper built there, on the model before sharding
+
+    def prepare(self, model, *, optim_wrapper=None, **kwargs):
+        self._optim_wrapper_cfg = optim_wrapper
+        try:
+            return super().prepare(model, optim_wrapper=optim_wrapper, **kwargs)
+        finally:
+            self._optim_wrapper_cfg = self._unsharded_optim_wrapper = None
 
     @property
     def sharded(self) -> bool:
@@ -107,6 +127,8 @@ class DaViTFSDPStrategy(FSDPStrategy):
             self.logger.info('DaViTFSDPStrategy in a single process: the model runs unsharded')
             return model.to(get_device())
         self.model_wrapper.setdefault('auto_wrap_policy', ModuleWrapPolicy({DaViTLayer}))
+        if isinstance(self._optim_wrapper_cfg, dict):  # DDP's parameter groups: built before sharding
+            self._unsharded_optim_wrapper = self.build_optim_wrapper(copy.deepcopy(self._optim_wrapper_cfg), model)
         if not torch.cuda.is_available():
             self.model_wrapper.setdefault('device_id', torch.device('cpu'))  # mmengine passes the CUDA index
             # FSDP gathers each optimizer state (exp_avg, exp_avg_sq, ...) into one reused buffer and, with
@@ -116,15 +138,20 @@ class DaViTFSDPStrategy(FSDPStrategy):
         return super()._wrap_model(model)
 
     def build_optim_wrapper(self, optim_wrapper, model: Optional[nn.Module] = None):
-        if isinstance(optim_wrapper, dict) and isinstance(model, FSDP):
-            check_names_under_fsdp(optim_wrapper, model)
-        if isinstance(optim_wrapper, dict) and optim_wrapper.get('type') in AMP_TYPES:
-            if not torch.cuda.is_available():
-                self.logger.info('AmpOptimWrapper without a GPU: mixed precision in bfloat16 autocast on the CPU')
-                optim_wrapper = dict(optim_wrapper, type=CPUAmpOptimWrapper)
-            elif not self.sharded:
-                optim_wrapper = dict(optim_wrapper, use_fsdp=False)  # mmengine defaults to FSDP's grad scaler
-        return super().build_optim_wrapper(optim_wrapper, model)
+        if isinstance(model, FSDP) and self._unsharded_optim_wrapper is not None:
+            built, self._unsharded_optim_wrapper = self._unsharded_optim_wrapper, None  # from _wrap_model
+            check_optimizer_params(built, model)
+        else:
+            if isinstance(optim_wrapper, dict) and optim_wrapper.get('type') in AMP_TYPES:
+                if not torch.cuda.is_available():
+                    self.logger.info('AmpOptimWrapper without a GPU: mixed precision in bfloat16 autocast on the CPU')
+                    optim_wrapper = dict(optim_wrapper, type=CPUAmpOptimWrapper)
+                elif not self.distributed:  # a single process runs the model unsharded
+                    optim_wrapper = dict(optim_wrapper, use_fsdp=False)  # mmengine defaults to FSDP's grad scaler
+            built = super().build_optim_wrapper(optim_wrapper, model)
+        if isinstance(model, FSDP):
+            clip_by_global_norm(built, model)
+        return built
 
     # --- checkpoints: full state dicts, gathered by all ranks, written by rank 0 -------------------------
 
@@ -159,13 +186,16 @@ class DaViTFSDPStrategy(FSDPStrategy):
         self.optim_wrapper.load_state_dict(state_dict)
 
     def build_model(self, model: Union[nn.Module, dict]) -> nn.Module:
+        # Copied before the first build: builders may write into the config (mmdet's DINO sets bbox_head's
+        # share_pred_layer, num_pred_layer and as_two_stage, then refuses a config that has them).
+        config = copy.deepcopy(model) if isinstance(model, dict) else None
         built = super().build_model(model)
         # A weightless twin of the unsharded model for the checkpoint checks: once sharded, the model can list
         # its parameters' names and shapes only by gathering them.
         self.unsharded_twin = None
-        if isinstance(model, dict):
+        if config is not None:
             with torch.device('meta'):
-                self.unsharded_twin = super().build_model(copy.deepcopy(model))
+                self.unsharded_twin = BaseStrategy.build_model(self, config)
         return built
 
     _loading_for = LOAD_FROM  # what load_checkpoint serves, for errors that fit: load_from unless resuming
@@ -207,23 +237,6 @@ class DaViTFSDPStrategy(FSDPStrategy):
         if incompatible.missing_keys or incompatible.unexpected_keys:
             self.logger.warning(f'Checkpoint and model differ: missing keys {incompatible.missing_keys}, '
                                 f'unexpected keys {incompatible.unexpected_keys}')
-
-
-def check_names_under_fsdp(optim_wrapper: dict, model: nn.Module) -> None:
-    """The optimizer constructor sees the sharded model's parameter names, with ``_fsdp_wrapped_module.``
-    before each DaViT layer's: refuse what would then silently select other parameters."""
-    if 'LayerDecay' in str(optim_wrapper.get('constructor', '')):
-        raise ValueError('Layer-wise LR decay (DaViTLayerDecayOptimWrapperConstructor) is not supported with '
-                         'DaViTFSDPStrategy yet: it reads layer ids from parameter names, which FSDP changes. '
-                         'Train with DaViTRunner (DDP), or drop the constructor')
-    names = [name for name, _ in model.named_parameters()]
-    for key in (optim_wrapper.get('paramwise_cfg') or {}).get('custom_keys', {}):
-        moved = [n for n in names if (key in n) != (key in n.replace('_fsdp_wrapped_module.', ''))]
-        if moved:
-            raise ValueError(f'paramwise_cfg.custom_keys[{key!r}] names parameters inside DaViT layers (e.g. '
-                             f'{moved[0].replace("_fsdp_wrapped_module.", "")}), which under FSDP are called '
-                             f'{moved[0]}: the key would not match them. Use a key that does not span the '
-                             'layer boundary (e.g. "spatial.norm1" instead of "blocks.0.spatial.norm1")')
 
 
 @RUNNERS.register_module()

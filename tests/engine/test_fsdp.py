@@ -111,7 +111,8 @@ def rank_worker(rank: int, port: int, runs: list) -> None:
                 torch.save(outputs, run['outputs'])
 
 
-def spawn(runs: list) -> None:
+def spawn(runs: list, worker=rank_worker) -> None:
+    """Run ``worker(rank, port, runs)`` in ``WORLD_SIZE`` fresh processes."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
@@ -121,7 +122,7 @@ def spawn(runs: list) -> None:
     saved = os.environ.get('PYTHONHASHSEED')
     os.environ['PYTHONHASHSEED'] = '0'
     try:
-        mp.spawn(rank_worker, args=(port, runs), nprocs=WORLD_SIZE)
+        mp.spawn(worker, args=(port, runs), nprocs=WORLD_SIZE)
     finally:
         if saved is None:
             del os.environ['PYTHONHASHSEED']
