@@ -9,6 +9,7 @@ a weights-only load that also accepts exactly the types mmengine stores. torch >
 (``add_safe_globals``); on older torch a restricted unpickler with the same list does the job.
 """
 import argparse
+import codecs
 import collections
 import pickle
 import types
@@ -117,6 +118,9 @@ def _allowed_globals() -> Dict[str, Any]:
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
     # torch 2.1's list has ten dtypes; a checkpoint's meta may name any (bfloat16, bool, uint8...)
     allowed.update({str(t): t for t in vars(torch).values() if isinstance(t, torch.dtype)})
+    # numpy 1.x arrays pickled at torch.save's protocol 2 store their bytes as _codecs.encode(text, 'latin1')
+    # (torch >= 2.4 allows it too)
+    allowed['_codecs.encode'] = codecs.encode
     for obj in _mmengine_types():
         allowed.update(dict.fromkeys(_names(obj), obj))
     return allowed

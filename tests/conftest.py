@@ -1,4 +1,5 @@
 import errno
+import importlib.util
 import logging
 import os
 
@@ -14,6 +15,13 @@ def requires_torch(version: str, feature: str):
     """Skip a test of ``feature`` on a torch older than ``version``, printing why (``make test-oldest``)."""
     return pytest.mark.skipif(not torch_at_least(version),
                               reason=f'{feature} needs torch >= {version} (this is torch {torch.__version__})')
+
+
+# `make test-oldest` runs on torch 2.1 without mmcv (which has no wheel for it on PyPI), so without mmdet, mmseg
+# and mmpretrain; `make install` checks that the main venv has all of them.
+HAS_OPENMMLAB = all(importlib.util.find_spec(name) for name in ('mmcv', 'mmdet', 'mmseg', 'mmpretrain'))
+requires_openmmlab = pytest.mark.skipif(not HAS_OPENMMLAB, reason='needs mmcv, mmdet, mmseg and mmpretrain (the '
+                                        'torch 2.1 venv of make test-oldest has no mmcv)')
 
 
 # Two cores on CI: intra-op threads beyond that only add contention.

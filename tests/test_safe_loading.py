@@ -17,6 +17,7 @@ from mmengine.runner import CheckpointLoader
 
 from mmdavit import compat
 from mmdavit.compat import RefusedCheckpoint, load_torch_file
+from tests.conftest import requires_openmmlab
 from tests.engine.toys import ToyClassifier, runner_kwargs
 from tests.tools.common import DET_CONFIG, TOOLS
 
@@ -101,13 +102,15 @@ def test_code_running_pickle_is_refused_on_both_paths(code_pickle, monkeypatch, 
 
 
 @pytest.mark.parametrize('forced_old_path', [False, True], ids=['this torch', 'restricted unpickler'])
-def test_numpy_numbers_of_any_type_in_meta_load(tmp_path, monkeypatch, forced_old_path):
+def test_numpy_numbers_and_torch_dtypes_in_meta_load(tmp_path, monkeypatch, forced_old_path):
     monkeypatch.setattr(compat, '_HAS_ALLOW_LIST', compat._HAS_ALLOW_LIST and not forced_old_path)
-    meta = {'int16': np.int16(7), 'uint32': np.uint32(3), 'half': np.float16(0.5), 'array': np.arange(3, dtype='i2')}
+    meta = {'int16': np.int16(7), 'uint32': np.uint32(3), 'half': np.float16(0.5), 'array': np.arange(3, dtype='i2'),
+            'dtypes': [torch.bfloat16, torch.bool, torch.uint8]}
     torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': meta}, tmp_path / 'numpy.pth')
     loaded = load_torch_file(str(tmp_path / 'numpy.pth'))['meta']
     assert loaded['int16'] == 7 and loaded['int16'].dtype == np.int16 and loaded['half'] == 0.5
     assert loaded['array'].tolist() == [0, 1, 2] and loaded['array'].dtype == np.int16
+    assert loaded['dtypes'] == [torch.bfloat16, torch.bool, torch.uint8]
 
 
 def test_mmengine_loader_refuses_code_for_load_from_resume_and_checkpoint(code_pickle):
@@ -163,12 +166,17 @@ def run_tool(args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_tools_refuse_code(code_pickle, tmp_path):
-    """The converter and ``tools/infer.py``, as users run them (``tools/test.py --checkpoint`` sets load_from)."""
+def test_converter_refuses_code(code_pickle, tmp_path):
     path, marker = code_pickle
     converter = run_tool([REPO / 'tools/model_converters/davit2mmdavit.py', path, tmp_path / 'out.pth'], tmp_path)
     assert converter.returncode != 0 and 'Traceback' not in converter.stderr, converter.stderr[-2000:]
     assert_refused(converter.stderr, path, marker)
+
+
+@requires_openmmlab
+def test_infer_refuses_code(code_pickle, tmp_path):
+    """``tools/infer.py`` as users run it (``tools/test.py --checkpoint`` sets load_from: tested above)."""
+    path, marker = code_pickle
     image = tmp_path / 'image.png'
     cv2.imwrite(str(image), np.zeros((64, 80, 3), np.uint8))
     inferred = run_tool([TOOLS / 'infer.py', DET_CONFIG, path, image, '--out-dir', tmp_path / 'vis'], tmp_path)

@@ -15,6 +15,7 @@ from mmengine.registry import MODELS, DefaultScope
 import mmdavit.engine.layer_decay as layer_decay
 from mmdavit.engine.hooks import decay_ratio_problem
 from mmdavit.models import DaViT
+from tests.conftest import requires_openmmlab
 
 ARCH = dict(embed_dims=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
 BACKBONE = dict(type='mmdavit.DaViT', arch=ARCH, window_size=4, drop_path_rate=0.0)
@@ -99,6 +100,7 @@ def groups_by_param(model: nn.Module, optim_wrapper) -> dict:
     return {name: group_of.get(id(p)) for name, p in model.named_parameters()}
 
 
+@requires_openmmlab
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_exact_lr_and_weight_decay(scope):
     model = build_model(scope)

@@ -11,9 +11,11 @@ from mmengine.config import Config
 from mmengine.hooks import CheckpointHook
 from mmengine.runner import CheckpointLoader
 
+from mmdavit.compat import load_torch_file
 from mmdavit.engine import AtomicCheckpointHook, DaViTRunner
 from mmdavit.engine.checkpointing import is_local, without_backbone
 from tests.engine.toys import LRD_OPTIM, ToyClassifier, runner_kwargs
+from tests.conftest import requires_openmmlab
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
 ATOMIC = dict(type='mmdavit.AtomicCheckpointHook', interval=1, by_epoch=False, max_keep_ckpts=1)
@@ -205,7 +207,7 @@ def test_load_from_a_url_scheme_goes_to_mmengines_checkpoint_loader(trained, tmp
 
     def load_test_scheme(filename, map_location=None):
         asked.append(filename)
-        return torch.load(trained / 'iter_2.pth', map_location=map_location, weights_only=True)
+        return load_torch_file(str(trained / 'iter_2.pth'), map_location)
 
     CheckpointLoader.register_scheme(prefixes='mmdavit-test://', loader=load_test_scheme)
     try:
@@ -230,6 +232,7 @@ def test_mmengine_checkpoint_hook_is_kept_as_written_with_a_warning(tmp_path):
 ATOMIC_LINE = "default_hooks = dict(checkpoint=dict(type='mmdavit.AtomicCheckpointHook'))"
 
 
+@requires_openmmlab
 def test_our_configs_name_the_atomic_checkpoint_hook():
     """Every config that selects one of our runners gets mmdavit.AtomicCheckpointHook: the configs that build
     on mmdet / mmseg / mmpretrain bases set it (keeping the base's arguments), the others inherit it."""

@@ -7,6 +7,7 @@ import torch.utils.checkpoint
 from mmdavit.models import DaViT
 from mmdavit.models import layers
 from tests.models.reference import perturb_
+from tests.conftest import requires_openmmlab
 
 SMALL = dict(embed_dims=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8))
 
@@ -246,6 +247,7 @@ def test_bad_init_cfg_fails_at_build_time(init_cfg, error, message):
     assert message in str(info.value)
 
 
+@requires_openmmlab
 def test_init_cfg_list_on_a_detector_backbone_in_a_config(backbone_checkpoint, tmp_path):
     """``model.backbone.init_cfg`` of an mmdet config, in list form, through the detector's init_weights."""
     from mmengine.config import Config

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmdavit.models import DaViT, convert_state_dict, detect_format, load_pretrained
+from tests.conftest import requires_openmmlab
 from tests.models.reference import perturb_, timm_davit, timm_davit_fl, timm_to_official
 from tests.models.test_equivalence import reference_features
 
@@ -62,6 +63,7 @@ def test_official_detection_checkpoint_loads_with_zero_missing(tmp_path, timm_st
             assert torch.equal(value, timm_converted[key]), key
 
 
+@requires_openmmlab
 def test_mmpretrain_checkpoint_converts_and_blocks_agree(tmp_path):
     from mmpretrain.models.backbones import DaViT as MMPretrainDaViT
     source = perturb_(MMPretrainDaViT(arch='t', out_indices=(0, 1, 2, 3)))

@@ -20,8 +20,13 @@ import warnings
 import pytest
 import torch
 
+from mmdavit.compat import torch_at_least
 from mmdavit.models import DaViT
 from tests.models.reference import perturb_
+
+# The TorchScript-based exporter: torch >= 2.5 defaults to the dynamo one (which needs onnxscript), older torch
+# has only this one and no `dynamo` argument.
+TORCHSCRIPT_EXPORTER = {'dynamo': False} if torch_at_least('2.5') else {}
 
 # Florence-2's blocks (overlapping downsample, channel attention v2, window 12) in a narrow tower.
 NARROW_FLORENCE2 = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=12,
@@ -68,8 +73,7 @@ def test_onnx_export_matches_onnxruntime(tiny, size, tmp_path):
     path = tmp_path / f'davit_t_{size_id(size)}.onnx'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        # dynamo=False: the TorchScript-based exporter (the dynamo one needs onnxscript, not a dependency)
-        torch.onnx.export(tiny, (torch.randn(1, 3, *size), ), str(path), opset_version=17, dynamo=False,
+        torch.onnx.export(tiny, (torch.randn(1, 3, *size), ), str(path), opset_version=17, **TORCHSCRIPT_EXPORTER,
                           input_names=['images'], output_names=[f'stage{i}' for i in range(4)])
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -103,7 +107,7 @@ def test_florence2_onnx_keeps_token_count_dynamic(narrow_florence2, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.onnx.export(narrow_florence2, (torch.randn(1, 3, *FLORENCE2_SIZES[0]), ), str(path), opset_version=17,
-                          dynamo=False, input_names=['images'], output_names=[f'stage{i}' for i in range(4)],
+                          **TORCHSCRIPT_EXPORTER, input_names=['images'], output_names=[f'stage{i}' for i in range(4)],
                           dynamic_axes={'images': {2: 'height', 3: 'width'}})
     session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     for size in FLORENCE2_SIZES:

@@ -14,6 +14,7 @@ from mmdavit.engine import CPUAmpOptimWrapper
 from tests.models.reference import perturb_
 from tests.reliability.runs import build_runner, write_config
 from tests.reliability.trace_hook import read_trace
+from tests.conftest import requires_openmmlab
 
 REL_L2_TOLERANCE = 0.04
 MIN_COSINE = 0.999
@@ -42,6 +43,7 @@ def test_cpu_amp_rejects_float16():
         CPUAmpOptimWrapper(dtype='float16', optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
+@requires_openmmlab
 @pytest.mark.slow
 @pytest.mark.parametrize('kind', ['detection', 'segmentation'])
 def test_amp_optim_wrapper_trains_on_cpu(tmp_path, tiny_data, kind):
