@@ -59,6 +59,17 @@ def disabled_grad_scaler():
     return torch.cuda.amp.GradScaler(enabled=False)
 
 
+def check_cpu_fsdp() -> None:
+    """torch's FSDP on CPU ranks makes CPU streams with a priority, which ``torch.cpu.Stream`` takes only in
+    newer torch (2.1.2 fails inside FSDP's first forward with "Stream() takes no arguments"); say so up front."""
+    try:
+        torch.cpu.Stream(priority=0)
+    except TypeError:
+        raise RuntimeError(f'Sharded training (FSDP) on CPU ranks needs a newer torch than {torch.__version__}: torch '
+                           "2.1's FSDP cannot run on the CPU (its CPU streams take no priority). Tested: torch 2.14.1 "
+                           'works. Train on CPU ranks with DDP (plain DaViTRunner), or upgrade torch') from None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Loading torch files without running code
 # ---------------------------------------------------------------------------------------------------------

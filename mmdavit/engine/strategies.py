@@ -41,6 +41,7 @@ from mmengine.runner.loops import BaseLoop
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from mmdavit.compat import check_cpu_fsdp
 from mmdavit.models.layers import DaViTLayer
 from mmdavit.registry import RUNNERS, STRATEGIES
 from .checkpointing import (LOAD_FROM, PARAM_NAMES_META_KEY, RESUME, SKIP_BACKBONE_KEY, checked_for_loading, is_local,
@@ -116,6 +117,7 @@ class DaViTFSDPStrategy(FSDPStrategy):
             raise RuntimeError(f'--launcher {launcher} needs CUDA GPUs (mmengine assigns each process a GPU) and '
                                'none is available: on CPU, launch with tools/dist_train.sh or torchrun '
                                '(--launcher pytorch), which train over gloo')
+        check_cpu_fsdp()
         timeout = kwargs.get('timeout')
         # init_method env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE, as torchrun sets them.
         torch_dist.init_process_group('gloo', timeout=timedelta(seconds=timeout) if timeout else None)
