@@ -13,6 +13,11 @@ on ``sys.meta_path`` (no mmengine, mim or torch import) that patches those modul
 
 A misspelt ``mmdavit::`` base gets one error naming what was asked and listing every config mmdavit has
 (mmengine would raise three chained tracebacks, listing only the configs of the model index).
+
+mmengine's inferencers (mmdet's ``DetInferencer``, mmseg's ``MMSegInferencer``) take a string that is not a file
+for a model name of their own package's model index ("Cannot find model: mmdavit::... in mmdet"): they also
+take ``mmdavit::`` config names, and the names of mmdavit's model index (``maskrcnn_davit_t``) that their own
+index lacks.
 """
 import sys
 from importlib.machinery import PathFinder
@@ -73,8 +78,43 @@ def _read_mmdavit_bases_unscoped(module) -> None:
     module.Config._get_cfg_path = staticmethod(_get_cfg_path)
 
 
+def _inferencers_take_mmdavit_names(module) -> None:
+    upstream = module.BaseInferencer._load_model_from_metafile
+
+    def _load_model_from_metafile(self, model: str):
+        from mmengine.config import Config
+        if model.startswith('mmdavit::'):
+            path, _ = Config._get_cfg_path(model, f'{type(self).__name__}(model={model!r})')
+            return Config.fromfile(path), None  # no weights: give weights=PATH
+        try:
+            return upstream(self, model)
+        except ValueError as not_found:  # "Cannot find model: NAME in SCOPE"
+            found = _mmdavit_model_index_config(model)
+            if found is None:
+                raise
+            cfg = Config.fromfile(found)
+            if cfg.get('default_scope') != self.scope:
+                raise ValueError(f'{model} is an mmdavit {cfg.get("default_scope")} config, not {self.scope}: use '
+                                 f'that package\'s inferencer') from not_found
+            return cfg, None
+
+    module.BaseInferencer._load_model_from_metafile = _load_model_from_metafile
+
+
+def _mmdavit_model_index_config(name: str):
+    """The config file of the model called ``name`` (case-insensitive) in mmdavit's model index, or None."""
+    from pathlib import Path
+    from mmengine.infer import BaseInferencer
+    mim_dir = Path(_package_dir()) / '.mim'
+    for entry in BaseInferencer._get_models_from_metafile(str(mim_dir)):
+        if entry['Name'].lower() == name.lower():
+            return str(mim_dir / entry['Config'])
+    return None
+
+
 PATCHES = {
     'mmengine.config.config': _read_mmdavit_bases_unscoped,
+    'mmengine.infer.infer': _inferencers_take_mmdavit_names,
     'mmengine.config.utils': _register_scope,
     'mmengine.utils.package_utils': _locate_mmdavit,
     'mim.utils.utils': _locate_mmdavit,
