@@ -14,10 +14,10 @@ config's own, written again in numpy:
    ``(x - mean) / std`` in float32, then pad right and bottom with ``pad_value`` up to the graph's fixed input
    size (the exported size padded to the size divisor).
 2. ONNX Runtime.
-3. ``postprocess``: boxes divided by the resize factors (as mmdet rescales), 28x28 mask probabilities pasted into
-   the original image as mmdet's ``_do_paste_mask`` does on CPU (bilinear, pixel centres, zero outside the mask),
-   thresholded at ``mask_thr_binary``; segmentation logits cropped to the resized image, resized bilinearly to the
-   original size (mmseg's ``postprocess_result``) and arg-maxed.
+3. ``postprocess``: boxes clipped to the resized image and divided by the resize factors (as mmdet rescales),
+   28x28 mask probabilities pasted into the original image as mmdet's ``_do_paste_mask`` does on CPU (bilinear,
+   pixel centres, zero outside the mask), thresholded at ``mask_thr_binary``; segmentation logits cropped to the
+   resized image, resized bilinearly to the original size (mmseg's ``postprocess_result``) and arg-maxed.
 4. ``draw``: boxes, ``class: score`` labels and masks as mmdet's ``DetLocalVisualizer``, the class map blended
    over the image with class names as mmseg's ``SegLocalVisualizer``.
 
@@ -174,6 +174,15 @@ def rescale_boxes(boxes: np.ndarray, scale_factor: Tuple[float, float]) -> np.nd
     return (boxes.astype(np.float32) / factors).astype(np.float32)
 
 
+def clip_boxes(boxes: np.ndarray, img_shape: Tuple[int, int]) -> np.ndarray:
+    """Boxes clipped to the resized image (h, w), as mmdet's box decoding clips them to ``img_shape``: the graph
+    only knows its fixed input size, so a smaller resized image's boxes can reach into the padding."""
+    boxes = boxes.astype(np.float32).copy()
+    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, img_shape[1])
+    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, img_shape[0])
+    return boxes
+
+
 def _grid_axis(lo: np.float32, hi: np.float32, start: int, stop: int, mask_size: int) -> np.ndarray:
     """Sampling positions in mask pixels for image pixels ``start..stop-1`` of a box spanning [lo, hi]: mmdet's
     normalised grid (pixel centres), unnormalised as ``grid_sample(align_corners=False)`` does."""
@@ -272,7 +281,8 @@ def postprocess_detections(outputs: Dict[str, np.ndarray], index: int, image_met
     else:
         valid = (labels >= 0) & (dets[:, 4] > 0)
     keep = np.flatnonzero(valid & (dets[:, 4] >= score_thr))
-    boxes = rescale_boxes(dets[keep, :4], image_meta.scale_factor)
+    boxes = clip_boxes(dets[keep, :4], image_meta.img_shape)
+    boxes = rescale_boxes(boxes, image_meta.scale_factor)
     prediction = Prediction(boxes=boxes, scores=dets[keep, 4].astype(np.float32), labels=labels[keep])
     if meta['task'] == 'instance' and 'masks' in outputs:
         prediction.masks = instance_masks(outputs['masks'][index][keep], boxes, image_meta, meta)

@@ -312,6 +312,14 @@ def test_instance_graph_end_to_end(tmp_path):
     assert (np.abs(edge - np.array(PALETTE[0][::-1])).max(axis=1) <= 60).any()
 
 
+def test_boxes_reaching_into_the_padding_are_clipped_as_mmdet_clips_them(tmp_path):
+    path, dets, _ = instance_graph(tmp_path / 'instance.onnx')
+    # 64 x 60 resized 2x to 128 x 120 inside the 128 x 160 input: the second box (x2 = 150) reaches the padding
+    prediction = runtime.OnnxModel(str(path)).predict([np.zeros((64, 60, 3), np.uint8)], score_thr=0.3)[0]
+    np.testing.assert_allclose(prediction.boxes, [dets[0, 0, :4] / 2, [40, 5, 60, 30]])
+    assert prediction.masks.shape == (2, 64, 60)
+
+
 def test_semantic_graph_end_to_end(tmp_path):
     path = semantic_graph(tmp_path / 'semantic.onnx')
     model = runtime.OnnxModel(str(path))
