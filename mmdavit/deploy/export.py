@@ -133,7 +133,8 @@ def preprocess_metadata(cfg, image_size: Sequence[int]) -> dict:
     resize = _test_resize(cfg)
     pad_value = preprocessor.get('pad_value', preprocessor.get('pad_val', 0))
     return {
-        'resize': {'scale': [int(image_size[1]), int(image_size[0])], 'keep_ratio': bool(resize.get('keep_ratio', True))},
+        'resize': {'scale': [int(image_size[1]), int(image_size[0])],
+                   'keep_ratio': bool(resize.get('keep_ratio', True))},
         'mean': [float(v) for v in preprocessor.get('mean', [0.0, 0.0, 0.0])],
         'std': [float(v) for v in preprocessor.get('std', [1.0, 1.0, 1.0])],
         'bgr_to_rgb': bool(preprocessor.get('bgr_to_rgb', preprocessor.get('rgb_to_bgr', False))),
@@ -366,7 +367,9 @@ def _compare_detections(onnx_out: dict, reference, image_size, score_thr: float,
     ref = reference.pred_instances
     ref_boxes = ref.bboxes.numpy().astype(np.float64)
     ref_scores, ref_labels = ref.scores.numpy(), ref.labels.numpy()
-    ious = _box_iou(ref_boxes, dets[:, :4].astype(np.float64)) if len(ref_boxes) and n else np.zeros((len(ref_boxes), n))
+    ious = np.zeros((len(ref_boxes), n))
+    if len(ref_boxes) and n:
+        ious = _box_iou(ref_boxes, dets[:, :4].astype(np.float64))
     used = np.zeros(n, dtype=bool)
     pairs, unmatched_ref = [], []
     for i in np.argsort(-ref_scores, kind='stable'):
@@ -380,14 +383,16 @@ def _compare_detections(onnx_out: dict, reference, image_size, score_thr: float,
         unmatched_ref.append(i)
     unmatched_onnx = list(np.where(~used)[0])
     # a detection may exist on one side only when its score sits at a cut: the score threshold, or the
-    # lowest kept score of a full list (K rows; ties and 1e-6 differences decide there)
+    # lowest score of a full list (K rows; ties and 1e-6 differences decide there)
     k = onnx_out['dets'].shape[0]
-    floor = score_thr
-    if n == k or len(ref_scores) >= k:
-        full_side_min = min(s.min() for s, full in ((dets[:, 4], n == k), (ref_scores, len(ref_scores) >= k)) if full)
-        floor = max(floor, float(full_side_min))
+    full_lists = [side for side, full in ((dets[:, 4], n == k), (ref_scores, len(ref_scores) >= k)) if full]
+    k_cut = max((float(side.min()) for side in full_lists if len(side)), default=None)
+
+    def at_a_cut(score: float) -> bool:
+        return abs(score - score_thr) <= SCORE_ATOL or (k_cut is not None and score <= k_cut + SCORE_ATOL)
+
     borderline = [float(s) for s in [ref_scores[i] for i in unmatched_ref] + [dets[j, 4] for j in unmatched_onnx]]
-    bad = [s for s in borderline if s > floor + SCORE_ATOL]
+    bad = [s for s in borderline if not at_a_cut(s)]
     figures = dict(reference=len(ref_scores), onnx=n, matched=len(pairs),
                    unmatched=len(borderline), unmatched_not_borderline=len(bad),
                    min_box_iou=float(min((ious[i, j] for i, j in pairs), default=1.0)),

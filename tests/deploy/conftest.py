@@ -54,13 +54,13 @@ test_evaluator = val_evaluator
 FAMILIES: Dict[str, dict] = {
     'retinanet': dict(base='configs/detection/retinanet_davit_t.py', model=f'''
 model = dict(
-    backbone=dict(arch={NARROW_BACKBONE}),
+    backbone=dict(arch={NARROW_BACKBONE}, init_cfg=None),
     neck=dict(in_channels=[64, 128, 256], out_channels=32),
     bbox_head=dict(num_classes=4, in_channels=32, feat_channels=32))
 '''),
     'maskrcnn': dict(base='configs/detection/maskrcnn_davit_t_synthetic.py', model=f'''
 model = dict(
-    backbone=dict(arch={NARROW_BACKBONE}),
+    backbone=dict(arch={NARROW_BACKBONE}, init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=32),
     rpn_head=dict(in_channels=32, feat_channels=32),
     roi_head=dict(
@@ -71,7 +71,7 @@ model = dict(
 '''),
     'cascade': dict(base='configs/detection/cascade_maskrcnn_davit_t_3x_synthetic.py', model=f'''
 model = dict(
-    backbone=dict(arch={NARROW_BACKBONE}),
+    backbone=dict(arch={NARROW_BACKBONE}, init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=32),
     rpn_head=dict(in_channels=32, feat_channels=32),
     roi_head=dict(
