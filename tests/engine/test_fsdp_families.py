@@ -290,6 +290,6 @@ def test_fsdp_trains_as_ddp_with_gradient_clipping(runs, family):
         assert a == pytest.approx(b, rel=1e-5)
     assert fsdp['after'].keys() == ddp['after'].keys()
     for key, value in ddp['after'].items():
-        torch.testing.assert_close(fsdp['after'][key], value, rtol=0, atol=1e-6, msg=lambda m: f'{key}: {m}')
+        torch.testing.assert_close(fsdp['after'][key], value, rtol=0, atol=1e-5, msg=lambda m: f'{key}: {m}')
     moved = [k for k, v in ddp['after'].items() if v.is_floating_point() and not torch.equal(v, ddp['before'][k])]
     assert len(moved) > len(ddp['after']) // 2, 'the compared weights are ones that training moved'
