@@ -1,5 +1,6 @@
 """``tools/dist_train.sh CONFIG 2``: two processes (torchrun; gloo on CPU) train on disjoint halves of the data
-and end with the same weights, which are the weights in the checkpoint."""
+and end with the same weights, which are the weights in the checkpoint, and which training moved from the
+initial ones (DDP broadcasts rank 0's weights, so equal ranks alone would not show that a step took effect)."""
 import socket
 import sys
 
@@ -8,12 +9,16 @@ import torch
 from mmengine.config import Config
 
 from tests.commands import run
+from tests.configs.backbone_probe import assert_backbone_learned, read_probe
 from tests.reliability.runs import CONFIGS, ROOT, child_env, write_config
 from tests.reliability.trace_hook import read_trace
 
 DISTRIBUTED = '''
 train_dataloader = dict(batch_size=1)
 default_hooks = dict(checkpoint=dict(interval=1))
+custom_imports = dict(imports=['mmdavit', 'tests.reliability.trace_hook', 'tests.configs.backbone_probe'],
+                      allow_failed_imports=False)
+custom_hooks = [dict(type='TraceHook'), dict(type='BackboneProbe')]
 '''
 
 
@@ -51,3 +56,11 @@ def test_dist_train_two_processes_same_weights(tmp_path, tiny_data):
     for key in checkpoint:
         assert torch.equal(states[0][key], states[1][key]), f'{key} differs between ranks'
         assert torch.equal(states[0][key], checkpoint[key]), f'{key} differs from the checkpoint'
+
+    # The steps took effect on both ranks: every part of the backbone had a gradient at both steps and all of
+    # its weights moved; the neck and heads moved too.
+    for rank in (0, 1):
+        assert_backbone_learned(work_dir, steps=2, rank=rank)
+        parts = read_probe(work_dir, rank)['parts']
+        assert {'neck', 'rpn_head', 'roi_head'} <= set(parts)
+        assert all(r['moved'] > 0 for r in parts.values()), parts
