@@ -138,12 +138,10 @@ CASES = [
     ('dino', (100, 140), 'torchscript'),
     ('dino', (128, 160), 'dynamo'),
 ]
-# TODO(lead): cases not yet run green by the session that wrote them (the machine was CPU-starved); the DINO and
-# Mask2Former-instance ones passed by hand through the same export_onnx + verify calls. Mask2Former ADE needs
-# mmdavit.deploy.export.load_inputs to hand mmseg's preprocessor data samples (its test_cfg pads: TypeError).
+# TODO(lead): the Mask2Former ADE cases are not yet run green: mmdavit.deploy.export.load_inputs calls mmseg's
+# preprocessor without data samples, which its test_cfg padding needs (TypeError); run them and drop the mark.
 PENDING = pytest.mark.skip(reason='not yet run green (see the TODO above CASES); run it and drop this mark')
-GREEN = {('upernet', (100, 140), 'torchscript'), ('upernet', (128, 160), 'torchscript'),
-         ('upernet', (100, 140), 'dynamo')}
+GREEN = {case for case in CASES if case[0] != 'mask2former_ade'}
 CASES = [
     pytest.param(family, size, exporter, id=f'{family}-{size[0]}x{size[1]}-{exporter}',
                  marks=([requires_dynamo] if exporter == 'dynamo' else []) + ([] if (family, size, exporter) in GREEN
@@ -200,7 +198,6 @@ def test_pool_matrix_is_adaptive_avg_pool(in_size, out_size):
         torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
 
 
-@PENDING
 def test_export_patches_are_undone(trained_any):
     """The wrappers swap the adaptive pools and the deformable attention only while they run: afterwards the
     models' modules and methods are the classes' own again."""
