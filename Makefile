@@ -33,7 +33,7 @@ install: $(STAMP)
 
 # Order matters: the pinned torch first (local files; a bare `torch` would download a CUDA build),
 # then setuptools with pkg_resources, then mmcv compiled against that torch under C++20.
-$(STAMP): setup.py requirements/runtime.txt requirements/tests.txt
+$(STAMP): setup.py requirements/runtime.txt requirements/tests.txt requirements/deploy.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH) "setuptools>=77,<80" wheel
@@ -42,7 +42,7 @@ $(STAMP): setup.py requirements/runtime.txt requirements/tests.txt
 	  ls $$wheels/mmcv-2.1.0-*.whl >/dev/null 2>&1 || { echo "$(MMCV_NOTE)"; \
 	    CXX=$(CURDIR)/tools/install/cxx20 MAX_JOBS=2 $(PIP) wheel --no-cache-dir --no-build-isolation --no-deps mmcv==2.1.0 -w $$wheels; }; \
 	  $(PIP) install $(TORCH) $$wheels/mmcv-2.1.0-*.whl; }
-	$(PIP) install $(TORCH) "setuptools>=77,<80" -r requirements/runtime.txt -r requirements/tests.txt
+	$(PIP) install $(TORCH) "setuptools>=77,<80" -r requirements/runtime.txt -r requirements/tests.txt -r requirements/deploy.txt
 	$(PIP) install --no-build-isolation --no-deps -e .
 	$(PY) -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, timm, mmdavit; print('stack ok: torch', torch.__version__)"
 	touch $@
