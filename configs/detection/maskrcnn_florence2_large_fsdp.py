@@ -2,8 +2,8 @@
 # trained with FSDP: parameters, gradients and AdamW state sharded over the GPUs, one FSDP unit per DaViT layer,
 # full state-dict checkpoints. README, "Training large models".
 # One recipe change: no layer-wise LR decay (plain AdamW 1e-4, weight decay 0.05 on every parameter, as the DaViT
-# Mask R-CNN configs): DaViTFSDPStrategy refuses the layer-decay constructor, which reads layer ids from parameter
-# names that FSDP changes.
+# Mask R-CNN configs). DaViTFSDPStrategy builds the layer-decay groups as DDP does, but resuming a layer-decay
+# run under FSDP is not tested yet.
 _base_ = './maskrcnn_florence2_large.py'
 
 runner_type = 'mmdavit.DaViTFlexibleRunner'  # mmengine's FlexibleRunner + DaViTRunner's guarantees
