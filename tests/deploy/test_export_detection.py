@@ -8,6 +8,7 @@ pad_size_divisor=32 pads the input to 128 x 160; boxes are clipped and masks pas
 is exported once with each exporter, the two at different sizes (dynamo exports cost ~20 s of CPU each here);
 torch < 2.5 has no dynamo exporter and skips those cases.
 """
+import importlib.util
 import re
 
 import pytest
@@ -28,6 +29,10 @@ DYNAMO = torch_at_least(deploy_export.DYNAMO_MIN_TORCH)
 requires_dynamo = pytest.mark.skipif(
     not DYNAMO, reason=f'the dynamo ONNX exporter needs torch >= {deploy_export.DYNAMO_MIN_TORCH} '
                        f'(this is torch {torch.__version__})')
+# .venv-oldest (torch 2.1) has no mmcv build, hence no mmdet model: there tests/deploy/test_postprocess_ops.py
+# checks the wrappers' own ops through torch 2.1's TorchScript exporter.
+requires_mmdet = pytest.mark.skipif(importlib.util.find_spec('mmdet') is None,
+                                    reason='needs mmdet (and mmcv compiled for this torch)')
 # Eight training iterations leave the cascade's three-stage scores low: a lower threshold keeps detections on
 # both validation images (the export and predict both take it from test_cfg).
 SCORE_THR = {'retinanet': None, 'maskrcnn': None, 'cascade': 0.02}
@@ -74,10 +79,10 @@ def assert_compared_something(figures):
 
 
 @pytest.mark.parametrize('family,size,exporter', [
-    pytest.param('retinanet', (120, 152), 'dynamo', marks=requires_dynamo),
-    pytest.param('maskrcnn', (128, 160), 'dynamo', marks=requires_dynamo),
-    pytest.param('cascade', (120, 152), 'dynamo', marks=requires_dynamo),
-    ('cascade', (128, 160), 'torchscript'),
+    pytest.param('retinanet', (120, 152), 'dynamo', marks=[requires_mmdet, requires_dynamo]),
+    pytest.param('maskrcnn', (128, 160), 'dynamo', marks=[requires_mmdet, requires_dynamo]),
+    pytest.param('cascade', (120, 152), 'dynamo', marks=[requires_mmdet, requires_dynamo]),
+    pytest.param('cascade', (128, 160), 'torchscript', marks=requires_mmdet),
 ], ids=lambda v: f'{v[0]}x{v[1]}' if isinstance(v, tuple) else v)
 def test_onnx_runtime_matches_predict(trained, tmp_path, family, size, exporter):
     path, figures, _ = export_and_verify(trained, family, size, exporter, tmp_path)
@@ -85,6 +90,7 @@ def test_onnx_runtime_matches_predict(trained, tmp_path, family, size, exporter)
     check_file(path, family, size, exporter)
 
 
+@requires_mmdet
 def test_pasted_masks_and_a_wrong_reference_is_caught(trained, tmp_path):
     """Mask R-CNN, TorchScript exporter, 120 x 152, masks pasted in the graph at 120 x 152. Then the reference
     is changed (a higher score threshold in the model's test_cfg): verify must fail, naming the detections
@@ -102,6 +108,7 @@ def test_pasted_masks_and_a_wrong_reference_is_caught(trained, tmp_path):
         verify(str(path), wrapper, model, inputs, size, log=lambda line: None)
 
 
+@requires_mmdet
 def test_tool_exports_and_verifies_batch_of_two(trained, tmp_path, capsys):
     """tools/deployment/export_onnx.py end to end (RetinaNet, TorchScript, 128 x 160, batch 2): prints what it
     wrote, the opset, the input size and the outputs, then the verification figures; exit status 0."""
