@@ -125,6 +125,8 @@ class DaViTFSDPStrategy(FSDPStrategy):
     def _wrap_model(self, model: nn.Module) -> nn.Module:
         # The unsharded parameters, for optimizer states keyed by position (checkpoints of DDP, one process)
         self.param_shapes = {name: param.shape for name, param in model.named_parameters()}
+        if getattr(self, 'unsharded_twin', None) is None:  # a built model was given: twin it for the checks
+            self.unsharded_twin = weightless_copy(model)
         if not self.distributed:
             self.logger.info('DaViTFSDPStrategy in a single process: the model runs unsharded')
             return model.to(get_device())
@@ -239,6 +241,15 @@ class DaViTFSDPStrategy(FSDPStrategy):
         if incompatible.missing_keys or incompatible.unexpected_keys:
             self.logger.warning(f'Checkpoint and model differ: missing keys {incompatible.missing_keys}, '
                                 f'unexpected keys {incompatible.unexpected_keys}')
+
+
+def weightless_copy(model: nn.Module) -> nn.Module:
+    """``model`` with its parameters and buffers on the meta device (names and shapes, no data, no copy of it)."""
+    memo = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        meta = torch.empty_like(tensor, device='meta')
+        memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
 
 @RUNNERS.register_module()

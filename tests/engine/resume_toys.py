@@ -60,6 +60,17 @@ class SampleProbe(Hook):
         torch.save(self.samples, osp.join(runner.work_dir, f'samples_rank{runner.rank}.pth'))
 
 
+def toy_model(cls=None) -> ToyClassifier:
+    """The toy classifier initialised from seed 0 whatever the runner draws first (DaViTRunner and
+    FlexibleRunner draw differently between seeding and ``init_weights``; the head is not in
+    ``init_weights`` at all), so that runs of both runners start from the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = (cls or IndexedToyClassifier)()
+        model.init_weights()  # the runner's call then changes nothing
+    return model
+
+
 def toy_run(work_dir, *, batch_size: int = 1, flexible: bool = False, distributed: bool = False,
             by_epoch: bool = True, iterations: int = 0, checkpoint_every: int = 1, **overrides) -> dict:
     """Arguments of a runner of the toy classifier, one epoch (``by_epoch``) or ``iterations`` iterations, a
@@ -67,7 +78,7 @@ def toy_run(work_dir, *, batch_size: int = 1, flexible: bool = False, distribute
     DaViTFlexibleRunner with DaViTFSDPStrategy (sharded when ``distributed``); else DaViTRunner (DDP when
     ``distributed``)."""
     kwargs = dict(
-        model=IndexedToyClassifier(),
+        model=toy_model(),
         work_dir=str(work_dir),
         experiment_name=f'resume_{osp.basename(str(work_dir))}_{next(RUN_IDS)}',
         train_dataloader=dict(dataset=IndexedToyData(), sampler=dict(type='DefaultSampler', shuffle=True),
@@ -84,8 +95,8 @@ def toy_run(work_dir, *, batch_size: int = 1, flexible: bool = False, distribute
         kwargs.update(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='gloo')))
     if flexible:
         kwargs['strategy'] = dict(type='mmdavit.DaViTFSDPStrategy')
-    elif distributed:
-        kwargs['model_wrapper_cfg'] = DDP_WRAPPER
+    elif distributed:  # DaViTRunner reads it from its config
+        kwargs['cfg'] = dict(model_wrapper_cfg=DDP_WRAPPER)
     kwargs.update(overrides)
     return kwargs
 
