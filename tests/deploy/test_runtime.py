@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config, ConfigDict
+from mmengine.registry import DefaultScope
 from onnx import TensorProto, helper, numpy_helper
 
 from mmdavit.deploy import runtime
@@ -46,7 +47,9 @@ def write_image(path: Path, size, seed: int) -> Path:
 
 def run_pipeline(transforms_registry, pipeline, preprocessor, path: Path):
     """The config's test pipeline (annotation loading dropped: no labels here) and the data preprocessor."""
-    transforms = [transforms_registry.build(t) for t in pipeline if t['type'] != 'LoadAnnotations']
+    # in the registry's own scope: a scope an earlier test left current (mmdet's) would build its transforms
+    with DefaultScope.overwrite_default_scope(transforms_registry.scope):
+        transforms = [transforms_registry.build(t) for t in pipeline if t['type'] != 'LoadAnnotations']
     data = dict(img_path=str(path), img_id=0)
     for transform in transforms:
         data = transform(data)
