@@ -4,6 +4,7 @@ on 2 gloo ranks (launched by the test)."""
 import os.path as osp
 
 import torch
+import torch.nn.functional as F
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -120,8 +121,13 @@ def weights(path) -> dict:
 
 
 class TruncatedToyClassifier(IndexedToyClassifier):
-    """The toy classifier on DaViT stages 0..2 only (``out_indices=(0, 1, 2)``), as a 3-level neck takes them."""
+    """The toy classifier on DaViT stages 0..2 only (``out_indices=(0, 1, 2)``), all three used, as a 3-level
+    neck uses them (the pooled features of each, side by side)."""
 
     def __init__(self):
         super().__init__(out_indices=(0, 1, 2))
-        self.head = torch.nn.Linear(128, 4)
+        self.head = torch.nn.Linear(32 + 64 + 128, 4)
+
+    def forward(self, inputs, labels=None, index=None, mode='tensor'):
+        logits = self.head(torch.cat([features.mean((2, 3)) for features in self.backbone(inputs)], dim=1))
+        return dict(loss=F.cross_entropy(logits, labels)) if mode == 'loss' else logits
