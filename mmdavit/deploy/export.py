@@ -106,8 +106,12 @@ def load_model(config, checkpoint: str, cfg_options: Optional[dict] = None):
 
 
 def size_divisor(cfg) -> int:
+    """mmdet's ``pad_size_divisor``; mmseg's ``size_divisor``, or its ``test_cfg.size_divisor`` (Mask2Former on
+    ADE20K pads only its test inputs)."""
     preprocessor = cfg.model.get('data_preprocessor') or {}
-    return int(preprocessor.get('pad_size_divisor') or preprocessor.get('size_divisor') or 1)
+    test_cfg = preprocessor.get('test_cfg') or {}
+    return int(preprocessor.get('pad_size_divisor') or preprocessor.get('size_divisor')
+               or test_cfg.get('size_divisor') or 1)
 
 
 def padded_size(cfg, image_size: Sequence[int]) -> Tuple[int, int]:
@@ -314,7 +318,11 @@ def load_inputs(model, cfg, image_paths: Sequence[str], image_size: Sequence[int
             size = (width, height)
         image = mmcv.imresize(image, size, interpolation='bilinear')
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        processed = model.data_preprocessor({'inputs': [tensor]}, False)['inputs'][0]  # normalise, pad
+        data = {'inputs': [tensor]}
+        if type(model).__module__.startswith('mmseg'):  # its test-time padding records itself in the samples
+            from mmseg.structures import SegDataSample
+            data['data_samples'] = [SegDataSample()]
+        processed = model.data_preprocessor(data, False)['inputs'][0]  # normalise, pad
         padded = processed.new_full((3, *input_size), preprocess_metadata(cfg, image_size)['pad_value'])
         padded[:, :processed.shape[1], :processed.shape[2]] = processed[:, :input_size[0], :input_size[1]]
         batch.append(padded)

@@ -125,8 +125,8 @@ def trained_any(tmp_path_factory, coco_data, ade_data):
 
 
 # Each model at a size that is a multiple of 32 and one that is not, and with each exporter; not every
-# combination (the dynamo exports take 10-30 s each here). Semantic and DINO configs do not pad these inputs (the
-# graph's input is the image); Mask2Former instance pads 120 x 152 to 128 x 160.
+# combination (the dynamo exports take 10-30 s each here). UperNet and DINO configs do not pad these inputs (the
+# graph's input is the image); Mask2Former pads 120 x 152 (instance) and 100 x 140 (ADE20K's test_cfg) to 128 x 160.
 CASES = [
     ('upernet', (100, 140), 'torchscript'),  # PPM pools of 6 on a 4 x 5 map: the matrix pool
     ('upernet', (128, 160), 'torchscript'),
@@ -138,14 +138,9 @@ CASES = [
     ('dino', (100, 140), 'torchscript'),
     ('dino', (128, 160), 'dynamo'),
 ]
-# TODO(lead): the Mask2Former ADE cases are not yet run green: mmdavit.deploy.export.load_inputs calls mmseg's
-# preprocessor without data samples, which its test_cfg padding needs (TypeError); run them and drop the mark.
-PENDING = pytest.mark.skip(reason='not yet run green (see the TODO above CASES); run it and drop this mark')
-GREEN = {case for case in CASES if case[0] != 'mask2former_ade'}
 CASES = [
     pytest.param(family, size, exporter, id=f'{family}-{size[0]}x{size[1]}-{exporter}',
-                 marks=([requires_dynamo] if exporter == 'dynamo' else []) + ([] if (family, size, exporter) in GREEN
-                                                                               else [PENDING]))
+                 marks=[requires_dynamo] if exporter == 'dynamo' else [])
     for family, size, exporter in CASES
 ]
 
@@ -170,8 +165,9 @@ def test_onnx_runtime_matches_predict(trained_any, tmp_path, family, size, expor
     assert stored['classes'] == ['circle', 'square', 'triangle', 'star']
     # verify() raised on any disagreement; here the figures once more, and that there was something to compare
     if wrapper.task == 'semantic':
-        assert stored['task'] == 'semantic' and stored['input_size'] == list(size)
-        assert stored['outputs']['seg_logits']['shape'] == [1, 4, *size]
+        input_size = [128, 160] if family == 'mask2former_ade' else list(size)
+        assert stored['task'] == 'semantic' and stored['input_size'] == input_size
+        assert stored['outputs']['seg_logits']['shape'] == [1, 4, *input_size]
         for f in figures:
             assert f['max_logit_diff'] <= 1e-4 and f['label_agreement'] >= 0.999, f
     else:
