@@ -2,11 +2,13 @@ import errno
 import importlib.util
 import logging
 import os
+from collections import OrderedDict
 
 import pytest
 import torch
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
 
 from mmdavit.compat import torch_at_least
 
@@ -31,6 +33,19 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_global_state():
+    """Each test starts from the process-wide state the session started with: a Runner makes its default scope
+    current and, with ``randomness.deterministic``, switches torch to deterministic algorithms for good; either
+    would change what later tests build or run (an order-dependent CI failure once)."""
+    scopes = OrderedDict(DefaultScope._instance_dict)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(scopes)
+    torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 
 @pytest.fixture

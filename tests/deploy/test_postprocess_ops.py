@@ -1,6 +1,6 @@
 """The export wrappers' own tensor ops (mmdavit/deploy/postprocess.py) through the TorchScript exporter and
 ONNX Runtime, without mmdet: the part of the detection export that torch 2.1 can be checked on here
-(.venv-oldest has no mmcv build, so no mmdet model). Compared with the same ops run eagerly in torch."""
+(make test-oldest runs no whole-model export). Compared with the same ops run eagerly in torch."""
 import warnings
 
 import numpy as np
@@ -8,13 +8,6 @@ import pytest
 import torch
 
 from mmdavit.deploy.postprocess import multi_level_roi_align, nms_topk, paste_masks
-from tests.conftest import HAS_OPENMMLAB
-
-# Where mmdet is installed, tests/deploy/test_export_*.py check these ops inside whole exported models against
-# predict; this file is the torch 2.1 check (make test-oldest). In one full-suite run on torch 2.14 it failed after
-# the config tests while passing alone: the order dependence is not found yet, so it runs only without mmdet.
-pytestmark = pytest.mark.skipif(HAS_OPENMMLAB, reason='runs in make test-oldest (no mmdet); with mmdet, the '
-                                'whole-model export tests cover these ops')
 
 onnx = pytest.importorskip('onnx')
 onnxruntime = pytest.importorskip('onnxruntime')
