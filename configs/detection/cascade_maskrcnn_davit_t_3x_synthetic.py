@@ -3,12 +3,9 @@
 # cascade_maskrcnn_davit_t_3x.py; the data, image scale, schedule, sampling sizes and the heads' norm (BN
 # instead of SyncBN, so single-process and CPU-distributed runs share the config) change, no pretrained weights
 # (none being offline), and float32 instead of AMP (CPU bfloat16 autocast ran 2.4x slower per step here).
-_base_ = './cascade_maskrcnn_davit_t_3x.py'
+_base_ = ['./cascade_maskrcnn_davit_t_3x.py', '../_base_/datasets/synthetic_coco_instance.py']
 
-data_root = 'data/synthetic/coco/'
-metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'star'),
-    palette=[(230, 30, 30), (30, 190, 50), (40, 70, 230), (240, 210, 20)])
+data_root = _base_.synthetic_data_root  # the paper's helper, kept true to what the datasets read
 image_scale = (160, 128)  # (w, h) of the generated images (make demo: --size 128 160)
 norm_cfg = dict(type='BN', requires_grad=True)
 
@@ -40,23 +37,13 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train2017.json',
-        data_prefix=dict(img='train2017/'),
-        pipeline=train_pipeline))
+    dataset=dict(_base_.synthetic_train_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_val2017.json',
-        data_prefix=dict(img='val2017/'),
-        pipeline=test_pipeline))
+    dataset=dict(_base_.synthetic_val_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+val_evaluator = _base_.synthetic_val_evaluator
 test_evaluator = val_evaluator
 
 # A short schedule from scratch: a higher AdamW lr than fine-tuning uses, warmup, one decay step.

@@ -3,12 +3,9 @@
 # dino_4scale_davit_t_12e.py (gradient clip, backbone lr_mult 0.1); the data, image scale, schedule, classes and
 # query counts change (100 matching queries and 20 denoising ones for at most 6 objects an image, instead of
 # 900 and 100), and no pretrained weights (none being offline).
-_base_ = './dino_4scale_davit_t_12e.py'
+_base_ = ['./dino_4scale_davit_t_12e.py', '../_base_/datasets/synthetic_coco_instance.py']
 
-data_root = 'data/synthetic/coco/'
-metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'star'),
-    palette=[(230, 30, 30), (30, 190, 50), (40, 70, 230), (240, 210, 20)])
+data_root = _base_.synthetic_data_root  # the paper's helper, kept true to what the datasets read
 image_scale = (160, 128)  # (w, h) of the generated images (make demo: --size 128 160)
 
 model = dict(
@@ -34,23 +31,13 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train2017.json',
-        data_prefix=dict(img='train2017/'),
-        pipeline=train_pipeline))
+    dataset=dict(_base_.synthetic_train_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_val2017.json',
-        data_prefix=dict(img='val2017/'),
-        pipeline=test_pipeline))
+    dataset=dict(_base_.synthetic_val_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+val_evaluator = _base_.synthetic_val_evaluator
 test_evaluator = val_evaluator
 
 # A short schedule from scratch: a higher AdamW lr than fine-tuning uses, warmup, one decay step.

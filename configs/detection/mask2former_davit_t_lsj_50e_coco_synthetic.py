@@ -4,12 +4,9 @@
 # and its large-scale jitter, at the generated image size and with a milder range (0.5-2x instead of 0.1-2x:
 # a 13x16 crop of a 128x160 image keeps no learnable object). The data, classes (4 + the "no object" class
 # weight), schedule and evaluation interval change, and no pretrained weights (none being offline).
-_base_ = './mask2former_davit_t_lsj_50e_coco.py'
+_base_ = ['./mask2former_davit_t_lsj_50e_coco.py', '../_base_/datasets/synthetic_coco_instance.py']
 
-data_root = 'data/synthetic/coco/'
-metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'star'),
-    palette=[(230, 30, 30), (30, 190, 50), (40, 70, 230), (240, 210, 20)])
+data_root = _base_.synthetic_data_root  # the paper's helper, kept true to what the datasets read
 image_size = (128, 160)  # (h, w) of the generated images (make demo: --size 128 160)
 num_classes = 4
 
@@ -43,23 +40,13 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train2017.json',
-        data_prefix=dict(img='train2017/'),
-        pipeline=train_pipeline))
+    dataset=dict(_base_.synthetic_train_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_val2017.json',
-        data_prefix=dict(img='val2017/'),
-        pipeline=test_pipeline))
+    dataset=dict(_base_.synthetic_val_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+val_evaluator = _base_.synthetic_val_evaluator
 test_evaluator = val_evaluator
 
 # A short schedule from scratch, in iterations as the zoo's: a higher AdamW lr than fine-tuning uses, warmup,

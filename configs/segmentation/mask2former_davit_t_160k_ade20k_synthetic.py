@@ -3,14 +3,11 @@
 # mask2former_davit_t_160k_ade20k.py (backbone lr_mult 0.1, DaViT norms and embeddings without weight decay);
 # the data, crop size, classes (4 + the "no object" class weight), schedule and evaluation interval change,
 # and no pretrained weights (none being offline).
-_base_ = './mask2former_davit_t_160k_ade20k.py'
+_base_ = ['./mask2former_davit_t_160k_ade20k.py', '../_base_/datasets/synthetic_ade20k.py']
 
-# BaseSegDataset: mmseg's ADE20KDataset only accepts subsets of the 150 ADE classes as metainfo.
-dataset_type = 'BaseSegDataset'
-data_root = 'data/synthetic/ade'
-metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'star'),
-    palette=[[230, 30, 30], [30, 190, 50], [40, 70, 230], [240, 210, 20]])
+# The paper's helper variables, kept true to what the datasets read.
+dataset_type = _base_.synthetic_train_dataset.type
+data_root = _base_.synthetic_data_root
 crop_size = (128, 160)  # (h, w) of the generated images (make demo: --size 128 160)
 num_classes = 4
 
@@ -33,23 +30,11 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=4,
     num_workers=2,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=metainfo,
-        reduce_zero_label=True,
-        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
+    dataset=dict(_base_.synthetic_train_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1,
     num_workers=2,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=metainfo,
-        reduce_zero_label=True,
-        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+    dataset=dict(_base_.synthetic_val_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # A short schedule from scratch: a higher AdamW lr than fine-tuning uses, warmup, then poly decay.

@@ -1,14 +1,11 @@
 # The demo: UperNet DaViT-T on the synthetic ADE-format shapes that `make demo` generates
 # (tools/generate_synthetic_data.py). Same backbone and optimizer as the paper config; the data, image
 # scale, schedule, evaluation interval and decoder width change (and no pretrained weights offline).
-_base_ = './upernet_davit_t.py'
+_base_ = ['./upernet_davit_t.py', '../_base_/datasets/synthetic_ade20k.py']
 
-# BaseSegDataset: mmseg's ADE20KDataset only accepts subsets of the 150 ADE classes as metainfo.
-dataset_type = 'BaseSegDataset'
-data_root = 'data/synthetic/ade'
-metainfo = dict(
-    classes=('circle', 'square', 'triangle', 'star'),
-    palette=[[230, 30, 30], [30, 190, 50], [40, 70, 230], [240, 210, 20]])
+# The paper's helper variables, kept true to what the datasets read.
+dataset_type = _base_.synthetic_train_dataset.type
+data_root = _base_.synthetic_data_root
 crop_size = (128, 160)  # (h, w) of the generated images (make demo: --size 128 160)
 # BN instead of SyncBN: the same config runs single-process and distributed on CPU (gloo has no SyncBN).
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -37,24 +34,12 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=metainfo,
-        reduce_zero_label=True,
-        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
+    dataset=dict(_base_.synthetic_train_dataset, pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=1,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        metainfo=metainfo,
-        reduce_zero_label=True,
-        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+    dataset=dict(_base_.synthetic_val_dataset, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # A short schedule from scratch: a higher AdamW lr than fine-tuning uses, warmup, then poly decay.
