@@ -20,6 +20,12 @@ OLDEST_TESTS := tests/test_safe_loading.py tests/test_torch_versions.py tests/mo
   tests/reliability/test_mixed_precision.py tests/reliability/test_export.py tests/reliability/test_resume.py \
   tests/configs/test_mim_and_inheritance.py::test_mim_train_and_test_mmdet_from_elsewhere \
   tests/deploy/test_postprocess_ops.py tests/deploy/test_export_detection.py
+# mmcv's compiled ops work only with the torch they were built against, and pip's own wheel cache does not
+# know which that was: keep one built wheel per torch version.
+MMCV_WHEELS ?= $(HOME)/.cache/mmdavit/mmcv-wheels
+# pip shows only "Building wheel for mmcv ... still running" for a quarter of an hour: say so before it starts.
+MMCV_NOTE := mmdavit: compiling mmcv 2.1.0 against this torch takes ~15-25 min on 2 cores (measured; seconds \
+when the wheel is kept from an earlier install). It has not hung.
 
 # $(call install_mmcv,PYTHON,TORCH PINS,COMPILER VARIABLES): mmcv 2.1.0 with its ops, from the kept wheel for this
 # torch or compiled into it first.
