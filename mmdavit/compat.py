@@ -11,6 +11,7 @@ a weights-only load that also accepts exactly the types mmengine stores. torch >
 import argparse
 import codecs
 import collections
+import importlib
 import pickle
 import types
 from typing import Any, BinaryIO, Dict, Optional, Tuple, Union
@@ -77,9 +78,11 @@ def check_cpu_fsdp() -> None:
 def _numpy_types() -> list:
     """numpy's array / scalar reconstruction helpers and every dtype class, as pickled in mmengine's message
     hub and meta (numbers of any numpy type; none of these run code)."""
-    core = getattr(np, '_core', None) or np.core
+    # numpy 2 moved numpy.core to numpy._core; numpy 1.26 has a numpy._core whose attributes are not loaded yet
+    multiarray = importlib.import_module('numpy._core.multiarray' if int(np.__version__.split('.')[0]) >= 2
+                                         else 'numpy.core.multiarray')
     dtypes = {type(np.dtype(t)) for t in set(np.sctypeDict.values())}
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
 
 def _history_buffer_state(self) -> dict:

@@ -7,7 +7,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.utils import apply_to
 
-from mmdavit.compat import disabled_grad_scaler
+from mmdavit.compat import disabled_grad_scaler, require_torch
 
 AMP_TYPES = ('AmpOptimWrapper', 'mmengine.AmpOptimWrapper', AmpOptimWrapper)
 
@@ -25,6 +25,9 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
 
     def __init__(self, loss_scale: Union[str, float, dict] = 'dynamic', dtype: Union[str, torch.dtype, None] = None,
                  use_fsdp: bool = False, **kwargs):
+        # torch 2.1's bfloat16 backward through DaViT aborts the process ("double free or corruption", seen on a
+        # Xeon with AMX); torch 2.4 made CPU autocast first-class (and 2.14.1 is tested)
+        require_torch('2.4', 'Mixed precision on the CPU (--amp / AmpOptimWrapper without a GPU)')
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype, dtype)
         if dtype not in (None, torch.bfloat16):

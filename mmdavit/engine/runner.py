@@ -23,6 +23,7 @@ Runner it adds:
 from functools import partial
 from typing import Callable, Dict, Optional, Union
 
+import torch
 from mmengine.device import get_device
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
@@ -34,6 +35,7 @@ from mmengine.runner.loops import BaseLoop
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mmdavit.compat import torch_at_least
 from mmdavit.registry import RUNNERS
 from .checkpointing import (AUTO_RESUME, LOAD_FROM, PARAM_NAMES_META_KEY, RESUME, SKIP_BACKBONE_KEY,
                             checked_for_loading, is_local, numbered_param_names, optimizer_overrides,
@@ -98,6 +100,17 @@ def resume_meta(loop, model: nn.Module, optim_wrapper) -> dict:
     return meta
 
 
+def without_cpu_fused_step(optim_wrapper: dict, logger) -> dict:
+    """``optimizer=dict(fused=True)`` (our CPU configs: one kernel for the whole AdamW step) runs on the CPU from
+    torch 2.4; older torch refuses it. Take the for-each step there, which computes the same update."""
+    optimizer = optim_wrapper.get('optimizer') or {}
+    if not optimizer.get('fused') or torch_at_least('2.4'):
+        return optim_wrapper
+    logger.warning(f'optimizer fused=True: a fused step on the CPU needs torch >= 2.4 (this is {torch.__version__}); '
+                   'using the for-each implementation (the same update, slower)')
+    return dict(optim_wrapper, optimizer=dict(optimizer, fused=False))
+
+
 @RUNNERS.register_module()
 class DaViTRunner(Runner):
 
@@ -116,9 +129,11 @@ class DaViTRunner(Runner):
         return super().build_train_loop(resumable_loop(loop) if isinstance(loop, dict) else loop)
 
     def build_optim_wrapper(self, optim_wrapper):
-        if isinstance(optim_wrapper, dict) and optim_wrapper.get('type') in AMP_TYPES and get_device() == 'cpu':
-            self.logger.info('AmpOptimWrapper without a GPU: mixed precision in bfloat16 autocast on the CPU')
-            optim_wrapper = dict(optim_wrapper, type=CPUAmpOptimWrapper)
+        if isinstance(optim_wrapper, dict) and get_device() == 'cpu':
+            if optim_wrapper.get('type') in AMP_TYPES:
+                self.logger.info('AmpOptimWrapper without a GPU: mixed precision in bfloat16 autocast on the CPU')
+                optim_wrapper = dict(optim_wrapper, type=CPUAmpOptimWrapper)
+            optim_wrapper = without_cpu_fused_step(optim_wrapper, self.logger)
         return super().build_optim_wrapper(optim_wrapper)
 
     def wrap_model(self, model_wrapper_cfg: Optional[Dict], model: nn.Module) -> nn.Module:

@@ -73,8 +73,10 @@ def check_file(path, family, size, exporter, batch_size=1, mask_shape=(28, 28)):
 
 
 def assert_compared_something(figures):
-    # verify() raised on any disagreement; here: every image had detections to compare
-    assert all(f['reference'] > 0 and f['matched'] > 0 for f in figures), figures
+    # verify() raised on any disagreement; here: there were detections to compare (a briefly trained model may
+    # find nothing in one image, e.g. on torch 2.1), and an image without any in PyTorch has none in ONNX either
+    assert sum(f['matched'] for f in figures) > 0, figures
+    assert all(f['onnx'] == 0 for f in figures if f['reference'] == 0), figures
     assert all(f['matched'] + f['unmatched'] >= f['reference'] for f in figures), figures
 
 

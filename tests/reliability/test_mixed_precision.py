@@ -14,7 +14,7 @@ from mmdavit.engine import CPUAmpOptimWrapper
 from tests.models.reference import perturb_
 from tests.reliability.runs import build_runner, write_config
 from tests.reliability.trace_hook import read_trace
-from tests.conftest import requires_openmmlab
+from tests.conftest import requires_openmmlab, requires_torch
 
 REL_L2_TOLERANCE = 0.04
 MIN_COSINE = 0.999
@@ -37,6 +37,13 @@ def test_backbone_bf16_autocast_close_to_fp32(size):
         assert cosine > MIN_COSINE, f'stage {stage}: cosine similarity {cosine:.6f}'
 
 
+def test_cpu_amp_needs_torch_2_4(monkeypatch):
+    monkeypatch.setattr(torch, '__version__', '2.3.1')
+    with pytest.raises(RuntimeError, match=r'^Mixed precision on the CPU .* needs torch >= 2\.4; this is torch 2\.3\.1'):
+        CPUAmpOptimWrapper(optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+
+
+@requires_torch('2.4', 'Mixed precision on the CPU')
 def test_cpu_amp_rejects_float16():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match='bfloat16 only, got optim_wrapper.dtype=torch.float16'):
@@ -44,6 +51,7 @@ def test_cpu_amp_rejects_float16():
 
 
 @requires_openmmlab
+@requires_torch('2.4', 'Mixed precision on the CPU')
 @pytest.mark.slow
 @pytest.mark.parametrize('kind', ['detection', 'segmentation'])
 def test_amp_optim_wrapper_trains_on_cpu(tmp_path, tiny_data, kind):
