@@ -53,8 +53,9 @@ $(STAMP): setup.py requirements/runtime.txt requirements/tests.txt requirements/
 	$(PY) -c "import torch, mmcv.ops, mmdet, mmseg, mmpretrain, timm, mmdavit; print('stack ok: torch', torch.__version__)"
 	touch $@
 
+# Two pytest-xdist workers, one per core, each file on one worker (its module fixtures built once).
 test: install
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile tests $(PYTEST_ARGS)
 
 install-oldest: $(OLDEST_STAMP)
 

@@ -26,8 +26,9 @@ requires_openmmlab = pytest.mark.skipif(not HAS_OPENMMLAB, reason='needs mmcv, m
                                         'torch 2.1 venv of make test-oldest has no mmcv)')
 
 
-# Two cores on CI: intra-op threads beyond that only add contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores on CI: intra-op threads beyond that only add contention. `make test` runs two pytest-xdist workers:
+# one thread each.
+torch.set_num_threads(1 if os.environ.get('PYTEST_XDIST_WORKER') else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)

@@ -169,7 +169,8 @@ def test_mask_pasting_equals_mmdet():
     count = len(boxes)
     probabilities = torch.rand(count, num_classes, 28, 28, generator=generator)
     labels = torch.randint(0, num_classes, (count,), generator=generator)
-    head = FCNMaskHead(num_convs=0, in_channels=8, conv_out_channels=8, num_classes=num_classes)
+    with DefaultScope.overwrite_default_scope('mmdet'):  # its loss is built from mmdet's registry
+        head = FCNMaskHead(num_convs=0, in_channels=8, conv_out_channels=8, num_classes=num_classes)
     img_meta = dict(scale_factor=scale_factor, ori_shape=ori_shape, img_shape=img_shape)
     theirs = head._predict_by_feat_single(probabilities, boxes.clone(), labels, img_meta,
                                           ConfigDict(mask_thr_binary=0.5), rescale=True, activate_map=True)

@@ -146,5 +146,5 @@ def test_checkpoints_without_the_official_head_are_refused(timm_model):
 
 
 def test_head_names_a_channel_mismatch():
-    with pytest.raises(ValueError, match='set head.in_channels=1024'):
+    with DefaultScope.overwrite_default_scope('mmpretrain'), pytest.raises(ValueError, match='set head.in_channels=1024'):
         DaViTClsHead(in_channels=768)((torch.rand(1, 1024, 7, 7), ))
