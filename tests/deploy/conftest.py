@@ -5,6 +5,7 @@ nor the untrained heads' constants).
 ``trained(family)`` trains once per test session and family; families are the keys of ``FAMILIES``. H20b / H20c
 add theirs (segmentation, DINO, Mask2Former) here or in their own test files.
 """
+import importlib
 import textwrap
 from pathlib import Path
 from typing import Callable, Dict
@@ -108,21 +109,22 @@ def write_config(folder: Path, family: str, data_root: str) -> Path:
     return path
 
 
-def train_briefly(config: Path, out: Path, iterations: int = TRAIN_ITERATIONS) -> Path:
+def train_briefly(config: Path, out: Path, iterations: int = TRAIN_ITERATIONS, scope: str = 'mmdet') -> Path:
     """A few AdamW steps on the synthetic training images (no Runner: seconds), saved as an mmengine-style
-    checkpoint with the dataset's classes and palette."""
+    checkpoint with the dataset's classes and palette. ``scope``: 'mmdet' for detectors, 'mmseg' for
+    segmentors (whose registries build the model and dataset)."""
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import OptimWrapper
     from mmengine.registry import init_default_scope
-    from mmdet.registry import DATASETS, MODELS
 
     import mmdavit  # noqa: F401
+    registry = importlib.import_module(f'{scope}.registry')
     cfg = Config.fromfile(config)
-    init_default_scope('mmdet')
+    init_default_scope(scope)
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    model = registry.MODELS.build(cfg.model)
     model.init_weights()
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    dataset = registry.DATASETS.build(cfg.train_dataloader.dataset)
     optim_wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.05))
     model.train()
     for step in range(iterations):

@@ -10,16 +10,14 @@ cropped to the image as mmdet does). Both exporters: the dynamo one on torch >= 
 every torch.
 """
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from mmdavit.compat import torch_at_least
 from mmdavit.deploy import export as deploy_export
 from mmdavit.deploy.export import build_wrapper, export_onnx, load_inputs, load_model, read_metadata, val_images, verify
-from tests.deploy.conftest import COCO_DATA, LEARNING_RATE, NARROW_BACKBONE, ROOT, train_briefly
+from tests.deploy.conftest import COCO_DATA, NARROW_BACKBONE, ROOT, train_briefly
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
@@ -79,31 +77,6 @@ test_dataloader = val_dataloader
 '''
 
 
-def train_segmentor(config: Path, out: Path, iterations: int = ITERATIONS) -> Path:
-    """As conftest's ``train_briefly``, in mmseg's scope."""
-    from mmengine.dataset import pseudo_collate
-    from mmengine.optim import OptimWrapper
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import DATASETS, MODELS
-
-    import mmdavit  # noqa: F401
-    cfg = Config.fromfile(config)
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    optim_wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.05))
-    model.train()
-    for step in range(iterations):
-        batch = pseudo_collate([dataset[(2 * step + j) % len(dataset)] for j in range(2)])
-        model.train_step(batch, optim_wrapper)
-    meta = dict(dataset_meta=dict(classes=list(dataset.metainfo['classes']),
-                                  palette=[list(c) for c in dataset.metainfo['palette']]))
-    torch.save(dict(state_dict=model.state_dict(), meta=meta), out)
-    return out
-
-
 @pytest.fixture(scope='session')
 def trained_any(tmp_path_factory, coco_data, ade_data):
     """``trained_any(family) -> (config, checkpoint)``: the twins above (detectors on conftest's COCO data),
@@ -117,8 +90,8 @@ def trained_any(tmp_path_factory, coco_data, ade_data):
             spec = SEGMENTORS.get(family) or DETECTORS[family]
             data = ADE_DATA.format(root=ade_data) if family in SEGMENTORS else COCO_DATA.format(root=coco_data)
             config.write_text(textwrap.dedent(f"_base_ = {str(ROOT / spec['base'])!r}\n" + data + spec['model']))
-            train = train_segmentor if family in SEGMENTORS else train_briefly
-            cache[family] = (config, train(config, folder / 'model.pth', ITERATIONS))
+            scope = 'mmseg' if family in SEGMENTORS else 'mmdet'
+            cache[family] = (config, train_briefly(config, folder / 'model.pth', ITERATIONS, scope=scope))
         return cache[family]
 
     return get
