@@ -1,6 +1,6 @@
 """Export wrappers for mmdet's RetinaNet, Mask R-CNN and Cascade Mask R-CNN.
 
-Each wrapper's ``forward(images)`` runs the model's own modules (backbone, neck, heads) and re-implements the
+Each wrapper's ``forward(images, image_shapes)`` runs the model's own modules (backbone, neck, heads) and re-implements the
 test-time post-processing of mmdet 3.3 in tensor ops that export to standard ONNX (``NonMaxSuppression``,
 ``RoiAlign``, ``TopK``, ``GridSample``), keeping its semantics:
 
@@ -15,17 +15,22 @@ test-time post-processing of mmdet 3.3 in tensor ops that export to standard ONN
 - Cascade: each stage refines the RoIs with its argmax class's deltas; the final classification is the softmax
   of the stages' logits averaged; masks are the stages' sigmoids averaged (``CascadeRoIHead``).
 
-Outputs (boxes in the network-input frame, clipped to ``image_size``): ``dets`` [B, K, 5] (x1, y1, x2, y2,
-score), ``labels`` [B, K] int64, ``num_dets`` [B] int64: valid rows first by descending score, then padding rows
-with score 0 and label -1; instance models add ``masks`` [B, K, 28, 28] (probabilities of the label's class in
-the box) or, with ``paste_masks``, [B, K, H, W] pasted at ``image_size``. K = ``max_dets``.
+Inputs: ``images`` [B, 3, H, W] and ``image_shapes`` [B, 2] int64, the (h, w) of each resized image inside
+the padded input; mmdet clips every box (anchors decoded, proposals, cascade refinements, detections) to it, and
+so does the graph, for each image its own.
+
+Outputs (boxes in the network-input frame): ``dets`` [B, K, 5] (x1, y1, x2, y2, score), ``labels`` [B, K] int64,
+``num_dets`` [B] int64: valid rows first by descending score, then padding rows with score 0 and label -1;
+instance models add ``masks`` [B, K, 28, 28] (probabilities of the label's class in the box) or, with
+``paste_masks``, [B, K, h, w] pasted at the exported ``image_size`` (crop them to the image's shape).
+K = ``max_dets``.
 """
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from mmdavit.deploy.export import register_wrapper
+from mmdavit.deploy.export import image_shapes_or_default, register_wrapper
 from mmdavit.deploy.postprocess import decode_boxes, multi_level_roi_align, nms_topk, paste_masks, topk_candidates
 
 
@@ -69,6 +74,7 @@ def _check_dense_head(head) -> None:
 
 class _DetectorWrapper(nn.Module):
     task = 'detection'
+    input_names = ['images', 'image_shapes']
     output_names = ['dets', 'labels', 'num_dets']
 
     def __init__(self, model: nn.Module, image_size: Optional[Tuple[int, int]]):
@@ -76,7 +82,7 @@ class _DetectorWrapper(nn.Module):
         self.model = model
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
 
-    def clip_shape(self, images: Tensor) -> Tuple[int, int]:
+    def paste_shape(self, images: Tensor) -> Tuple[int, int]:
         return self.image_size or (int(images.shape[-2]), int(images.shape[-1]))
 
     @staticmethod
@@ -101,9 +107,9 @@ class RetinaNetWrapper(_DetectorWrapper):
         self.iou_threshold = _nms_iou(self.cfg, 'bbox_head.test_cfg')
         self.max_dets = int(self.cfg['max_per_img'])
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_shapes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         head, cfg = self.model.bbox_head, self.cfg
-        clip_shape = self.clip_shape(images)
+        image_shapes = image_shapes_or_default(images, image_shapes, self.image_size)
         cls_scores, bbox_preds = head(self.model.extract_feat(images))
         priors = _priors(head, cls_scores)
         score_thr, nms_pre = float(cfg.get('score_thr', 0)), int(cfg.get('nms_pre', -1))
@@ -119,7 +125,7 @@ class RetinaNetWrapper(_DetectorWrapper):
                 index = topk_candidates(torch.where(flat > score_thr, flat, flat.new_full((), -1.0)), nms_pre)
                 anchors = torch.div(index, num_classes, rounding_mode='floor')
                 deltas = bbox_pred[i].permute(1, 2, 0).reshape(-1, 4)[anchors]
-                boxes.append(decode_boxes(head.bbox_coder, level_priors[anchors], deltas, clip_shape))
+                boxes.append(decode_boxes(head.bbox_coder, level_priors[anchors], deltas, image_shapes[i]))
                 scores.append(flat[index])
                 labels.append(index % num_classes)
                 valid.append(flat[index] > score_thr)
@@ -162,7 +168,7 @@ class TwoStageWrapper(_DetectorWrapper):
             self.output_names = ['dets', 'labels', 'num_dets', 'masks']
 
     # -- RPN ---------------------------------------------------------------------------------------------------
-    def proposals(self, feats, clip_shape) -> Tuple[Tensor, Tensor]:
+    def proposals(self, feats, image_shapes: Tensor) -> Tuple[Tensor, Tensor]:
         """[B, P, 4] proposals (zeros on padding rows) and [B, P] validity, P = test_cfg.rpn.max_per_img."""
         head, cfg = self.model.rpn_head, self.rpn_cfg
         cls_scores, bbox_preds = head(feats)
@@ -176,7 +182,7 @@ class TwoStageWrapper(_DetectorWrapper):
                 level_scores = level_scores.reshape(-1)
                 index = topk_candidates(level_scores, nms_pre)
                 deltas = bbox_pred[i].permute(1, 2, 0).reshape(-1, 4)[index]
-                boxes.append(decode_boxes(head.bbox_coder, level_priors[index], deltas, clip_shape))
+                boxes.append(decode_boxes(head.bbox_coder, level_priors[index], deltas, image_shapes[i]))
                 scores.append(level_scores[index])
                 levels.append(torch.full((index.shape[0], ), level, dtype=torch.long, device=index.device))
             boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
@@ -204,9 +210,9 @@ class TwoStageWrapper(_DetectorWrapper):
             extractor, head = roi_head.bbox_roi_extractor, roi_head.bbox_head
         return head(multi_level_roi_align(feats, rois, extractor))
 
-    def classify(self, feats, proposals: Tensor, clip_shape) -> Tuple[Tensor, Tensor, Tensor]:
+    def classify(self, feats, proposals: Tensor, roi_shapes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Per RoI: logits [B*P, C+1] (averaged over cascade stages), deltas [B*P, 4 or 4C] of the last stage,
-        and the boxes [B*P, 4] the last stage refined."""
+        and the boxes [B*P, 4] the last stage refined (clipped to ``roi_shapes`` [B*P, 2])."""
         roi_head = self.model.roi_head
         rois = self.rois(proposals)
         num_stages = roi_head.num_stages if self.cascade else 1
@@ -218,7 +224,7 @@ class TwoStageWrapper(_DetectorWrapper):
                 head = roi_head.bbox_head[stage]
                 labels = logits[:, :-1].argmax(dim=1)
                 refined = decode_boxes(head.bbox_coder, rois[:, 1:], self.class_deltas(head, deltas, labels),
-                                       clip_shape)
+                                       roi_shapes)
                 rois = torch.cat([rois[:, :1], refined], dim=1)
         # mmdet: sum([score for each stage]) / float(num_stages), in that order
         logits = stage_logits[0]
@@ -235,11 +241,11 @@ class TwoStageWrapper(_DetectorWrapper):
         index = (labels * 4)[:, None] + torch.arange(4, device=labels.device)
         return torch.gather(deltas, 1, index)
 
-    def detect(self, logits, deltas, rois, proposal_valid, clip_shape):
+    def detect(self, logits, deltas, rois, proposal_valid, roi_shapes):
         head = self.model.roi_head.bbox_head[-1] if self.cascade else self.model.roi_head.bbox_head
         batch, num_rois = proposal_valid.shape
         scores = logits.softmax(-1)
-        boxes = decode_boxes(head.bbox_coder, rois, deltas, clip_shape)  # [B*P, 4C] or [B*P, 4]
+        boxes = decode_boxes(head.bbox_coder, rois, deltas, roi_shapes)  # [B*P, 4C] or [B*P, 4]
         num_classes = scores.shape[1] - 1
         boxes = boxes.reshape(batch, num_rois, -1, 4).expand(batch, num_rois, num_classes, 4)
         scores = scores[:, :-1].reshape(batch, num_rois, num_classes)
@@ -253,7 +259,7 @@ class TwoStageWrapper(_DetectorWrapper):
             per_image.append(self.detections(image_boxes, image_scores, labels, index, kept))
         return self.stack(per_image)
 
-    def masks(self, feats, dets: Tensor, labels: Tensor, clip_shape) -> Tensor:
+    def masks(self, feats, dets: Tensor, labels: Tensor, paste_shape: Tuple[int, int]) -> Tensor:
         roi_head = self.model.roi_head
         rois = self.rois(dets[..., :4])
         num_stages = roi_head.num_stages if self.cascade else 1
@@ -274,19 +280,20 @@ class TwoStageWrapper(_DetectorWrapper):
             flat_labels = torch.zeros_like(flat_labels)
         masks = masks[torch.arange(masks.shape[0], device=masks.device), flat_labels]  # [B*K, 28, 28]
         if self.paste_masks:
-            masks = paste_masks(masks, dets[..., :4].reshape(-1, 4), *clip_shape)
+            masks = paste_masks(masks, dets[..., :4].reshape(-1, 4), *paste_shape)
         masks = masks.reshape(dets.shape[0], dets.shape[1], *masks.shape[-2:])
         return _pad_rows(masks.flatten(0, 1), (labels >= 0).reshape(-1), 0.0).reshape(masks.shape)
 
-    def forward(self, images: Tensor):
-        clip_shape = self.clip_shape(images)
+    def forward(self, images: Tensor, image_shapes: Optional[Tensor] = None):
+        image_shapes = image_shapes_or_default(images, image_shapes, self.image_size)
         feats = self.model.extract_feat(images)
-        proposals, proposal_valid = self.proposals(feats, clip_shape)
-        logits, deltas, rois = self.classify(feats, proposals, clip_shape)
-        dets, labels, num_dets = self.detect(logits, deltas, rois, proposal_valid, clip_shape)
+        proposals, proposal_valid = self.proposals(feats, image_shapes)
+        roi_shapes = image_shapes[:, None].expand(-1, proposals.shape[1], -1).reshape(-1, 2)  # [B*P, 2]
+        logits, deltas, rois = self.classify(feats, proposals, roi_shapes)
+        dets, labels, num_dets = self.detect(logits, deltas, rois, proposal_valid, roi_shapes)
         if not self.with_mask:
             return dets, labels, num_dets
-        return dets, labels, num_dets, self.masks(feats, dets, labels, clip_shape)
+        return dets, labels, num_dets, self.masks(feats, dets, labels, self.paste_shape(images))
 
 
 @register_wrapper('RetinaNet')

@@ -5,11 +5,14 @@ Wrappers are registered by the model's class name::
     @register_wrapper('RetinaNet')
     def build_retinanet(model, cfg, *, score_thr, max_dets, paste_masks, image_size) -> torch.nn.Module: ...
 
-Each wrapper's ``forward(images)`` takes ``float32 [B, 3, H, W]`` already preprocessed (resized, normalised,
-padded as the config's test pipeline and data preprocessor do) and returns a tuple of tensors named by its
-``output_names``; its ``task`` is ``'detection'``, ``'instance'`` or ``'semantic'``. ``score_thr`` and
-``max_dets`` are None for the config's values; ``image_size`` (h, w) is the resized image inside the padded
-input (boxes are clipped to it, masks pasted at it), None for the whole input.
+Each wrapper's ``forward(images[, image_shapes])`` takes ``float32 [B, 3, H, W]`` already preprocessed (resized,
+normalised, padded as the config's test pipeline and data preprocessor do) and returns a tuple of tensors named
+by its ``output_names``; its ``input_names`` are ``['images']`` or, for detectors, ``['images', 'image_shapes']``
+(``int64 [B, 2]``, each resized image's (h, w) inside the padded input: mmdet's ``img_shape``, to which it clips
+boxes and DETR-like models mask their attention). Its ``task`` is ``'detection'``, ``'instance'`` or
+``'semantic'``. ``score_thr`` and ``max_dets`` are None for the config's values; ``image_size`` (h, w) is the
+exported image size inside the padded input (the default image shape; masks are pasted at it), None for the
+whole input.
 
 Sizes: ``image_size`` is what ``--shape H W`` gives, the network-input image before padding; the graph's input
 is that padded up to the data preprocessor's size divisor (mmdet's ``pad_size_divisor``, mmseg's
@@ -43,6 +46,15 @@ SCORE_ATOL = 1e-4
 MASK_IOU = 0.99
 LOGIT_ATOL = 1e-4
 LABEL_AGREEMENT = 0.999
+
+
+def image_shapes_or_default(images: torch.Tensor, image_shapes: Optional[torch.Tensor],
+                            image_size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """``image_shapes`` [B, 2] (h, w) as given, else ``image_size`` (None: the whole input) for every image."""
+    if image_shapes is not None:
+        return image_shapes
+    size = image_size or tuple(images.shape[-2:])
+    return torch.tensor([[int(size[0]), int(size[1])]], device=images.device).expand(images.shape[0], 2)
 
 
 def register_wrapper(*class_names: str):
@@ -156,6 +168,11 @@ def dataset_meta(model, cfg) -> dict:
     return {'classes': classes, 'palette': palette}
 
 
+INPUT_MEANINGS = {
+    'images': 'float32 [B, 3, H, W]: resized, normalised images padded right and bottom with pad_value',
+    'image_shapes': 'int64 [B, 2]: h, w of each resized image inside the padded input (boxes are clipped to it)',
+}
+
 OUTPUT_MEANINGS = {
     'dets': 'float32 [B, K, 5]: x1, y1, x2, y2 in the network-input frame (resized image, before padding), score; '
             'valid rows first by descending score, padding rows have score 0',
@@ -182,6 +199,7 @@ def metadata(wrapper, model, cfg, *, config_path: str, image_size, input_size, e
         'input_size': [int(v) for v in input_size],
         'image_size': [int(v) for v in image_size],
         'preprocess': preprocess_metadata(cfg, image_size),
+        'inputs': {name: INPUT_MEANINGS[name] for name in input_names(wrapper)},
         'outputs': {name: {'shape': [int(v) for v in output_shapes[name]], 'meaning': OUTPUT_MEANINGS.get(name, '')}
                     for name in wrapper.output_names},
         'mask_size': mask_size,
@@ -217,10 +235,22 @@ def _check_exporter(exporter: str, opset: Optional[int]) -> int:
     return opset
 
 
-def _torch_onnx_export(wrapper, example: torch.Tensor, path: Path, exporter: str, opset: int) -> None:
+def input_names(wrapper) -> List[str]:
+    return list(getattr(wrapper, 'input_names', ['images']))
+
+
+def example_inputs(wrapper, batch_size: int, input_size: Sequence[int], image_size: Sequence[int]) -> tuple:
+    """Zeros for ``images`` and the exported ``image_size`` for every image's ``image_shapes``."""
+    images = torch.zeros(batch_size, 3, *input_size)
+    if 'image_shapes' not in input_names(wrapper):
+        return (images, )
+    return images, torch.tensor([[int(image_size[0]), int(image_size[1])]] * batch_size)
+
+
+def _torch_onnx_export(wrapper, example: tuple, path: Path, exporter: str, opset: int) -> None:
     import inspect
     import warnings
-    kwargs = dict(input_names=['images'], output_names=list(wrapper.output_names), opset_version=opset)
+    kwargs = dict(input_names=input_names(wrapper), output_names=list(wrapper.output_names), opset_version=opset)
     has_dynamo_flag = 'dynamo' in inspect.signature(torch.onnx.export).parameters
     if exporter == 'dynamo':
         kwargs.update(dynamo=True, external_data=False, verbose=False)
@@ -232,7 +262,7 @@ def _torch_onnx_export(wrapper, example: torch.Tensor, path: Path, exporter: str
         # TracerWarnings (size-specialised Python branches: the graph is made for this input size) and the
         # TorchScript exporter's deprecation notice
         warnings.simplefilter('ignore')
-        torch.onnx.export(wrapper, (example, ), str(path), **kwargs)
+        torch.onnx.export(wrapper, example, str(path), **kwargs)
 
 
 def export_onnx(wrapper, model, cfg, out: str, *, image_size: Sequence[int], config_path: str = '',
@@ -245,9 +275,9 @@ def export_onnx(wrapper, model, cfg, out: str, *, image_size: Sequence[int], con
     input_size = padded_size(cfg, image_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(batch_size, 3, *input_size)
+    example = example_inputs(wrapper, batch_size, input_size, image_size)
     with torch.no_grad():
-        output_shapes = dict(zip(wrapper.output_names, (tuple(t.shape) for t in wrapper(example))))
+        output_shapes = dict(zip(wrapper.output_names, (tuple(t.shape) for t in wrapper(*example))))
     start = time.perf_counter()
     _torch_onnx_export(wrapper, example, out, exporter, opset)
     seconds = time.perf_counter() - start
@@ -265,7 +295,8 @@ def export_onnx(wrapper, model, cfg, out: str, *, image_size: Sequence[int], con
     size = out.stat().st_size
     log(f'wrote {out} ({size / 2**20:.1f} MiB) in {seconds:.1f} s: {meta["model"]}, {exporter} exporter, '
         f'opset {written_opset}, input images [{batch_size}, 3, {input_size[0]}, {input_size[1]}] '
-        f'(image {image_size[0]} x {image_size[1]} padded to a multiple of {size_divisor(cfg)})')
+        f'(image {image_size[0]} x {image_size[1]} padded to a multiple of {size_divisor(cfg)})'
+        + (f', image_shapes [{batch_size}, 2]' if 'image_shapes' in input_names(wrapper) else ''))
     for name in wrapper.output_names:
         log(f'  output {name} {list(output_shapes[name])}: {OUTPUT_MEANINGS.get(name, "")}')
     return dict(meta, seconds=seconds, bytes=size)
@@ -298,14 +329,15 @@ def val_images(cfg, limit: int = 2) -> List[str]:
     return paths
 
 
-def load_inputs(model, cfg, image_paths: Sequence[str], image_size: Sequence[int]) -> torch.Tensor:
+def load_inputs(model, cfg, image_paths: Sequence[str],
+                image_size: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """[N, 3, H, W] inputs as the runtime makes them (see :func:`preprocess_metadata`), normalised by the
-    model's own data preprocessor."""
+    model's own data preprocessor, and [N, 2] the (h, w) of each resized image inside them."""
     import mmcv
     height, width = image_size
     keep_ratio = preprocess_metadata(cfg, image_size)['resize']['keep_ratio']
     input_size = padded_size(cfg, image_size)
-    batch = []
+    batch, shapes = [], []
     for path in image_paths:
         image = mmcv.imread(str(path))  # BGR, as LoadImageFromFile
         if image is None:
@@ -326,7 +358,8 @@ def load_inputs(model, cfg, image_paths: Sequence[str], image_size: Sequence[int
         padded = processed.new_full((3, *input_size), preprocess_metadata(cfg, image_size)['pad_value'])
         padded[:, :processed.shape[1], :processed.shape[2]] = processed[:, :input_size[0], :input_size[1]]
         batch.append(padded)
-    return torch.stack(batch)
+        shapes.append(image.shape[:2])
+    return torch.stack(batch), torch.tensor(shapes, dtype=torch.int64)
 
 
 # -- verification ------------------------------------------------------------------------------------------------
@@ -351,23 +384,25 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def _reference_samples(model, inputs: torch.Tensor, image_size):
-    """Data samples telling ``predict`` that the image is ``image_size`` inside the padded input, not scaled:
-    its results come back in the network-input frame, as the graph's."""
-    h, w = (int(v) for v in image_size)
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
-                batch_input_shape=tuple(inputs.shape[-2:]), pad_shape=tuple(inputs.shape[-2:]))
+def _reference_samples(model, inputs: torch.Tensor, image_shapes: torch.Tensor):
+    """Data samples telling ``predict`` that image i is ``image_shapes[i]`` (h, w) inside the padded input, not
+    scaled: its results come back in the network-input frame, as the graph's. (mmseg's: the whole input, whose
+    logits the graph returns.)"""
+    size = tuple(inputs.shape[-2:])
     if type(model).__module__.startswith('mmseg'):
         from mmseg.structures import SegDataSample
-        sample_type = SegDataSample
-        meta.update(ori_shape=tuple(inputs.shape[-2:]), img_shape=tuple(inputs.shape[-2:]))
-    else:
-        from mmdet.structures import DetDataSample
-        sample_type = DetDataSample
-    return [sample_type(metainfo=dict(meta)) for _ in range(inputs.shape[0])]
+        return [SegDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, batch_input_shape=size,
+                                            scale_factor=(1.0, 1.0))) for _ in range(inputs.shape[0])]
+    from mmdet.structures import DetDataSample
+    samples = []
+    for h, w in image_shapes.tolist():
+        samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
+                                                   batch_input_shape=size, pad_shape=size)))
+    return samples
 
 
-def _compare_detections(onnx_out: dict, reference, image_size, score_thr: float, mask_thr: float) -> dict:
+def _compare_detections(onnx_out: dict, reference, image_shape, score_thr: float, mask_thr: float,
+                        full_masks: bool) -> dict:
     """Match each reference detection to an ONNX one of the same label (greedy by score, best IoU)."""
     from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
     n = int(onnx_out['num_dets'])
@@ -408,10 +443,12 @@ def _compare_detections(onnx_out: dict, reference, image_size, score_thr: float,
     if 'masks' in onnx_out and pairs:
         ref_masks = ref.masks.numpy().astype(bool)
         masks = onnx_out['masks'][:n]
-        if masks.shape[-2:] != tuple(ref_masks.shape[-2:]):  # 28 x 28 inside the box: paste as mmdet does
+        height, width = (int(v) for v in image_shape)
+        if not full_masks:  # 28 x 28 inside the box: paste as mmdet does
             pasted, _ = _do_paste_mask(torch.from_numpy(masks[:, None]), torch.from_numpy(dets[:, :4]),
-                                       int(image_size[0]), int(image_size[1]), skip_empty=False)
+                                       height, width, skip_empty=False)
             masks = pasted.numpy()
+        masks = masks[:, :height, :width]  # maps at the exported image size: this image's part
         figures['min_mask_iou'] = min(_mask_iou(ref_masks[i], masks[j] >= mask_thr) for i, j in pairs)
     return figures
 
@@ -423,28 +460,44 @@ def _compare_semantic(onnx_out: dict, reference) -> dict:
     labels = onnx_out.get('seg_labels', logits.argmax(0))
     if logits.shape != ref_logits.shape:
         raise VerificationError(f'seg_logits shape {logits.shape} != PyTorch {ref_logits.shape}')
-    return dict(max_logit_diff=float(np.abs(logits - ref_logits).max()),
-                label_agreement=float((labels == ref_labels).mean()))
+    equal = labels == ref_labels
+    tied = np.zeros_like(equal)
+    if ref_logits.shape[0] > 1:
+        # a pixel whose two labels' reference logits are within the logit tolerance is a tie (e.g. where every
+        # mask's sigmoid is ~0, every class scores ~0): either label is right there
+        chosen = np.take_along_axis(ref_logits, labels[None].astype(np.int64), axis=0)[0]
+        best = np.take_along_axis(ref_logits, ref_labels[None].astype(np.int64), axis=0)[0]
+        tied = best - chosen <= LOGIT_ATOL
+    return dict(max_logit_diff=float(np.abs(logits - ref_logits).max()), labels_equal=float(equal.mean()),
+                label_agreement=float((equal | tied).mean()))
 
 
-def verify(onnx_path: str, wrapper, model, inputs: torch.Tensor, image_size: Sequence[int],
+def verify(onnx_path: str, wrapper, model, inputs: torch.Tensor, image_shapes: torch.Tensor,
            log: Callable[[str], None] = print) -> List[dict]:
-    """Run the file in ONNX Runtime and ``model.predict`` on the same preprocessed ``inputs``; print the
-    figures per image and raise :class:`VerificationError` beyond the tolerances (detections: same label, box
-    IoU > 0.99, scores within 1e-4, masks IoU > 0.99, no detection on one side only unless its score sits at
-    the threshold or the cut to K; semantic: logits within 1e-4, labels >= 99.9% equal)."""
+    """Run the file in ONNX Runtime and ``model.predict`` on the same preprocessed ``inputs`` (image i being
+    ``image_shapes[i]`` (h, w) inside, as :func:`load_inputs` gives them); print the figures per image and raise
+    :class:`VerificationError` beyond the tolerances (detections: same label, box IoU > 0.99, scores within 1e-4,
+    masks IoU > 0.99, no detection on one side only unless its score sits at the threshold or the cut to K;
+    semantic: logits within 1e-4, labels >= 99.9% equal)."""
     import onnxruntime
     session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
     batch = session.get_inputs()[0].shape[0]
+    feeds_shapes = 'image_shapes' in [graph_input.name for graph_input in session.get_inputs()]
     names = [output.name for output in session.get_outputs()]
+    image_size = tuple(wrapper.image_size or inputs.shape[-2:]) if hasattr(wrapper, 'image_size') else None
     results, failures = [], []
     for start in range(0, inputs.shape[0], batch):
-        chunk = inputs[start:start + batch]
+        chunk, shapes = inputs[start:start + batch], image_shapes[start:start + batch]
         if chunk.shape[0] < batch:  # a fixed batch size: repeat the last image to fill it
-            chunk = torch.cat([chunk, chunk[-1:].expand(batch - chunk.shape[0], *chunk.shape[1:])])
-        outputs = dict(zip(names, session.run(None, {'images': chunk.numpy()})))
+            fill = batch - chunk.shape[0]
+            chunk = torch.cat([chunk, chunk[-1:].expand(fill, *chunk.shape[1:])])
+            shapes = torch.cat([shapes, shapes[-1:].expand(fill, 2)])
+        feeds = {'images': chunk.numpy()}
+        if feeds_shapes:
+            feeds['image_shapes'] = shapes.numpy()
+        outputs = dict(zip(names, session.run(None, feeds)))
         with torch.no_grad():
-            references = model.predict(chunk, _reference_samples(model, chunk, image_size))
+            references = model.predict(chunk, _reference_samples(model, chunk, shapes))
         for k in range(min(batch, inputs.shape[0] - start)):
             one = {name: value[k] for name, value in outputs.items()}
             if wrapper.task == 'semantic':
@@ -452,13 +505,17 @@ def verify(onnx_path: str, wrapper, model, inputs: torch.Tensor, image_size: Seq
                 problems = [f'max |logit diff| {figures["max_logit_diff"]:.2e} > {LOGIT_ATOL}'] \
                     if figures['max_logit_diff'] > LOGIT_ATOL else []
                 if figures['label_agreement'] < LABEL_AGREEMENT:
-                    problems.append(f'labels agree on {figures["label_agreement"]:.4%} < {LABEL_AGREEMENT:.1%}')
+                    problems.append(f'labels agree (or tie within {LOGIT_ATOL}) on {figures["label_agreement"]:.4%} '
+                                    f'< {LABEL_AGREEMENT:.1%}')
                 log(f'  image {start + k}: max |seg_logits - PyTorch| {figures["max_logit_diff"]:.2e}, '
-                    f'labels equal on {figures["label_agreement"]:.4%}')
+                    f'labels equal on {figures["labels_equal"]:.4%} ({figures["label_agreement"]:.4%} counting '
+                    f'ties within {LOGIT_ATOL})')
             else:
                 test_cfg = _final_test_cfg(model)
-                figures = _compare_detections(one, references[k], image_size, float(test_cfg.get('score_thr', 0)),
-                                              float(test_cfg.get('mask_thr_binary', 0.5)))
+                full_masks = 'masks' in one and tuple(one['masks'].shape[-2:]) == image_size
+                figures = _compare_detections(one, references[k], shapes[k].tolist(),
+                                              float(test_cfg.get('score_thr', 0)),
+                                              float(test_cfg.get('mask_thr_binary', 0.5)), full_masks)
                 problems = []
                 if figures['unmatched_not_borderline']:
                     problems.append(f'{figures["unmatched_not_borderline"]} detections without a counterpart '

@@ -14,13 +14,14 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-def delta2bbox(rois: Tensor, deltas: Tensor, means: Sequence[float], stds: Sequence[float],
-               max_shape: Tuple[int, int], wh_ratio_clip: float = 16 / 1000, clip_border: bool = True) -> Tensor:
+def delta2bbox(rois: Tensor, deltas: Tensor, means: Sequence[float], stds: Sequence[float], max_shape: Tensor,
+               wh_ratio_clip: float = 16 / 1000, clip_border: bool = True) -> Tensor:
     """mmdet's ``delta2bbox`` (DeltaXYWHBBoxCoder), the same float operations in the same order.
 
     Written out because mmdet's coder switches to ``onnx_delta2bbox`` (other ops) while exporting, and its
     in-place border clamp on a strided view is awkward for exporters. ``rois`` [N, 4], ``deltas`` [N, 4 * c]
-    -> boxes [N, 4 * c] in x1, y1, x2, y2, clipped to ``max_shape`` (h, w).
+    -> boxes [N, 4 * c] in x1, y1, x2, y2, clipped to ``max_shape``: (h, w) for all boxes ([2]) or per RoI
+    ([N, 2]), a tensor so that the graph clips each image to its own size.
     """
     num_boxes, num_classes = deltas.shape[0], deltas.shape[1] // 4
     deltas = deltas.reshape(-1, 4)
@@ -38,14 +39,14 @@ def delta2bbox(rois: Tensor, deltas: Tensor, means: Sequence[float], stds: Seque
     gwh = pwh * dwh.exp()
     x1y1 = gxy - gwh * 0.5
     x2y2 = gxy + gwh * 0.5
-    if clip_border:
-        height, width = max_shape
-        x1y1 = torch.stack([x1y1[:, 0].clamp(min=0, max=width), x1y1[:, 1].clamp(min=0, max=height)], dim=1)
-        x2y2 = torch.stack([x2y2[:, 0].clamp(min=0, max=width), x2y2[:, 1].clamp(min=0, max=height)], dim=1)
+    if clip_border:  # clamp(min=0, max=size), per RoI and class: [N * c, 2] viewed as [N, c, 2]
+        limit = max_shape.flip(-1).to(x1y1.dtype).reshape(-1, 1, 2)  # (w, h)
+        x1y1 = torch.minimum(x1y1.reshape(num_boxes, num_classes, 2).clamp(min=0), limit).reshape(-1, 2)
+        x2y2 = torch.minimum(x2y2.reshape(num_boxes, num_classes, 2).clamp(min=0), limit).reshape(-1, 2)
     return torch.cat([x1y1, x2y2], dim=-1).reshape(num_boxes, -1)
 
 
-def decode_boxes(coder, priors: Tensor, deltas: Tensor, max_shape: Tuple[int, int]) -> Tensor:
+def decode_boxes(coder, priors: Tensor, deltas: Tensor, max_shape: Tensor) -> Tensor:
     """Decode with an mmdet ``DeltaXYWHBBoxCoder`` (the only coder the RetinaNet / R-CNN configs use)."""
     if type(coder).__name__ != 'DeltaXYWHBBoxCoder' or getattr(coder, 'add_ctr_clamp', False):
         raise NotImplementedError(f'ONNX export supports DeltaXYWHBBoxCoder box coders, got {type(coder).__name__}'

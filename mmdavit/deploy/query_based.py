@@ -1,20 +1,22 @@
 """Export wrappers for mmdet's query-based models: DINO (detection) and Mask2Former (COCO instance segmentation).
 
-Each ``forward(images)`` runs the model's own modules (backbone, neck / pixel decoder, transformer, heads) and
+Each ``forward(images, image_shapes)`` runs the model's own modules (backbone, neck / pixel decoder, transformer, heads) and
 re-implements mmdet 3.3's test-time post-processing in batched tensor ops with fixed output sizes:
 
-- DINO (``DETRHead._predict_by_feat_single``): the last decoder layer's sigmoid scores; the ``max_per_img`` best
+- DINO (``DETRHead._predict_by_feat_single``): the transformer's padding masks made from ``image_shapes``
+  (``DeformableDETR.pre_transformer``); the last decoder layer's sigmoid scores; the ``max_per_img`` best
   (query, class) pairs; label = index % num_classes, box = the query's (cx, cy, w, h) as corners scaled by the
-  image size and clipped to it. (With a softmax classifier: per query its best class, then the best queries.)
+  image's shape and clipped to it. (With a softmax classifier: per query its best class, then the best queries.)
 - Mask2Former instance (``MaskFormerFusionHead.instance_postprocess``): masks upsampled to the input and cropped
-  to the image; softmax class scores without "no object"; the ``max_per_image`` best (query, class) pairs;
-  things only; score = class score x the mean sigmoid inside the binary mask (logit > 0); box = the binary
-  mask's extent (``mask2bbox``, 0 for an empty mask).
+  to the image (outside its shape: logit -inf, i.e. not in the mask); softmax class scores without
+  "no object"; the ``max_per_image`` best (query, class) pairs; things only; score = class score x the mean
+  sigmoid inside the binary mask (logit > 0); box = the binary mask's extent (``mask2bbox``, 0 for an empty
+  mask).
 
 Outputs: ``dets`` [B, K, 5] (x1, y1, x2, y2, score in the network-input frame), ``labels`` [B, K] int64,
 ``num_dets`` [B] int64, valid rows first by descending score, padding rows with score 0 and label -1;
-Mask2Former adds ``masks`` [B, K, h, w]: sigmoid mask probabilities at the image size (h, w) = ``image_size``
-(the input size when None), mmdet's binary mask being ``masks > 0.5``; 0 on padding rows. K = ``max_dets`` (the
+Mask2Former adds ``masks`` [B, K, h, w]: sigmoid mask probabilities at the exported image size (h, w) =
+``image_size`` (the input size when None; 0 outside each image's shape), mmdet's binary mask being ``masks > 0.5``; 0 on padding rows. K = ``max_dets`` (the
 config's ``max_per_img`` / ``max_per_image`` when None). mmdet applies no score threshold here; ``score_thr``
 (None: 0) turns rows at or below it into padding.
 
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmdavit.deploy.export import register_wrapper
+from mmdavit.deploy.export import image_shapes_or_default, register_wrapper
 
 # -- deformable attention with static level sizes ---------------------------------------------------------------
 
@@ -241,16 +243,38 @@ def static_deformable_attention(model: nn.Module, shapes: List[Tuple[int, int]])
                 return detector.memory_trans_norm(detector.memory_trans_fc(output_memory)), output_proposals
 
             patch(module, 'gen_encoder_output_proposals', proposals)
-    # DeformableDETR.pre_transformer reads the level sizes with torch._shape_as_tensor, which torch.export
-    # cannot trace; as a tensor made of the (static) ints it is the same
-    shape_as_tensor = torch._shape_as_tensor
-    torch._shape_as_tensor = lambda tensor: torch.tensor(tuple(tensor.shape), device=tensor.device)
     try:
         yield
     finally:
-        torch._shape_as_tensor = shape_as_tensor
         for module, name in patched:
             delattr(module, name)
+
+
+def padded_pre_transformer(detector: nn.Module, feats: Sequence[Tensor], image_shapes: Tensor,
+                           input_size: Tuple[int, int]) -> Tuple[dict, dict]:
+    """mmdet's ``DeformableDETR.pre_transformer`` with the padding masks made from ``image_shapes`` [B, 2]
+    (a graph input) and the level sizes as Python ints. mmdet builds the masks from Python ints, and leaves
+    them out while exporting or when every image fills the input; all-zero masks give the same values."""
+    rows = torch.arange(input_size[0], device=image_shapes.device)[None, :, None]
+    columns = torch.arange(input_size[1], device=image_shapes.device)[None, None, :]
+    masks = ((rows >= image_shapes[:, 0, None, None]) | (columns >= image_shapes[:, 1, None, None]))
+    masks = masks.to(feats[0].dtype)  # 1: padding, as mmdet's
+    level_masks = [F.interpolate(masks[None], size=feat.shape[-2:]).to(torch.bool).squeeze(0) for feat in feats]
+    flat_feats, flat_positions, flat_masks = [], [], []
+    for level, (feat, mask) in enumerate(zip(feats, level_masks)):
+        position = detector.positional_encoding(mask).flatten(2).permute(0, 2, 1)
+        flat_feats.append(feat.flatten(2).permute(0, 2, 1))
+        flat_positions.append(position + detector.level_embed[level].view(1, 1, -1))
+        flat_masks.append(mask.flatten(1))
+    shapes = torch.tensor([tuple(feat.shape[-2:]) for feat in feats], dtype=torch.long, device=feats[0].device)
+    level_start_index = torch.cat((shapes.new_zeros((1, )), shapes.prod(1).cumsum(0)[:-1]))
+    valid_ratios = torch.stack([detector.get_valid_ratio(mask) for mask in level_masks], 1)
+    feat_mask = torch.cat(flat_masks, 1)
+    encoder_inputs = dict(feat=torch.cat(flat_feats, 1), feat_mask=feat_mask, feat_pos=torch.cat(flat_positions, 1),
+                          spatial_shapes=shapes, level_start_index=level_start_index, valid_ratios=valid_ratios)
+    decoder_inputs = dict(memory_mask=feat_mask, spatial_shapes=shapes, level_start_index=level_start_index,
+                          valid_ratios=valid_ratios)
+    return encoder_inputs, decoder_inputs
 
 
 def deformable_attention_at(module: nn.Module, feats: Sequence[Tensor]):
@@ -286,6 +310,7 @@ def _data_samples(batch: int, input_size: Tuple[int, int], image_size: Tuple[int
 
 class _QueryWrapper(nn.Module):
     task = 'detection'
+    input_names = ['images', 'image_shapes']
     output_names = ['dets', 'labels', 'num_dets']
 
     def __init__(self, model: nn.Module, image_size: Optional[Tuple[int, int]], score_thr: Optional[float]):
@@ -317,19 +342,19 @@ class DINOWrapper(_QueryWrapper):
             head.test_cfg['max_per_img'] = int(max_dets)  # so that model.predict (the reference) agrees
         self.max_dets = int(head.test_cfg.get('max_per_img', model.num_queries))
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_shapes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         model = self.model
         input_size, image_size = self.sizes(images)
-        if image_size != input_size:
-            # mmdet masks the padding in the transformer's attention; the graph would need those masks
-            raise NotImplementedError(
-                f'DINO export needs the image to fill the input (image {image_size}, input {input_size}): '
-                'use a config without padding (data_preprocessor pad_size_divisor=1, as the DINO configs have)')
+        image_shapes = image_shapes_or_default(images, image_shapes, image_size)
         samples = _data_samples(int(images.shape[0]), input_size, image_size)
         feats = model.extract_feat(images)
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
-        with static_deformable_attention(model, shapes):
-            head_inputs = model.forward_transformer(feats, samples)
+        with static_deformable_attention(model, shapes):  # base_detr's forward_transformer, step by step
+            encoder_inputs, decoder_inputs = padded_pre_transformer(model, feats, image_shapes, input_size)
+            decoder_more, head_inputs = model.pre_decoder(**model.forward_encoder(**encoder_inputs),
+                                                          batch_data_samples=samples)
+            decoder_inputs.update(decoder_more)
+            head_inputs.update(model.forward_decoder(**decoder_inputs))
             cls_scores, bbox_preds = model.bbox_head(head_inputs['hidden_states'], head_inputs['references'])
         cls_score, bbox_pred = cls_scores[-1], bbox_preds[-1]  # the last decoder layer: [B, Q, C], [B, Q, 4]
         k = self.max_dets
@@ -343,11 +368,11 @@ class DINOWrapper(_QueryWrapper):
             scores, query = best.topk(k, dim=1)
             labels = torch.gather(best_labels, 1, query)
         boxes = torch.gather(bbox_pred, 1, query[..., None].expand(-1, -1, 4))
-        cx, cy, w, h = boxes.unbind(-1)  # bbox_cxcywh_to_xyxy, then scaled to the image and clipped to it
-        height, width = image_size
-        boxes = torch.stack([((cx - 0.5 * w) * width).clamp(0, width), ((cy - 0.5 * h) * height).clamp(0, height),
-                             ((cx + 0.5 * w) * width).clamp(0, width), ((cy + 0.5 * h) * height).clamp(0, height)],
-                            dim=-1)
+        cx, cy, w, h = boxes.unbind(-1)  # bbox_cxcywh_to_xyxy, then scaled to each image and clipped to it
+        height, width = (image_shapes[:, side, None].to(boxes.dtype) for side in (0, 1))
+        corners = [(cx - 0.5 * w) * width, (cy - 0.5 * h) * height, (cx + 0.5 * w) * width, (cy + 0.5 * h) * height]
+        limits = [width, height, width, height]
+        boxes = torch.stack([torch.minimum(c.clamp(min=0), limit) for c, limit in zip(corners, limits)], dim=-1)
         return _detections(boxes, scores, labels, self.valid(scores))
 
 
@@ -383,16 +408,21 @@ class Mask2FormerInstanceWrapper(_QueryWrapper):
             fusion.test_cfg['max_per_image'] = int(max_dets)
         self.max_dets = int(fusion.test_cfg.get('max_per_image', 100))
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_shapes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         model = self.model
         input_size, image_size = self.sizes(images)
+        image_shapes = image_shapes_or_default(images, image_shapes, image_size)
         batch = int(images.shape[0])
         feats = model.extract_feat(images)
         with deformable_attention_at(model.panoptic_head, feats):
             cls_list, mask_list = model.panoptic_head(feats, _data_samples(batch, input_size, image_size))
         mask_cls = cls_list[-1]  # [B, Q, C + 1]
         mask_pred = F.interpolate(mask_list[-1], size=input_size, mode='bilinear', align_corners=False)
-        mask_pred = mask_pred[:, :, :image_size[0], :image_size[1]]  # remove padding
+        mask_pred = mask_pred[:, :, :image_size[0], :image_size[1]]  # remove padding: each image's own, below
+        rows = torch.arange(image_size[0], device=images.device)[None, :, None]
+        columns = torch.arange(image_size[1], device=images.device)[None, None, :]
+        inside = (rows < image_shapes[:, 0, None, None]) & (columns < image_shapes[:, 1, None, None])
+        mask_pred = mask_pred.masked_fill(~inside[:, None], float('-inf'))
         fusion = model.panoptic_fusion_head
         num_classes = fusion.num_classes
         scores, index = F.softmax(mask_cls, dim=-1)[..., :-1].flatten(1).topk(self.max_dets, dim=1)

@@ -13,7 +13,8 @@ config's own, written again in numpy:
    (``keep_ratio``: one factor so that the image fits, sizes rounded half up, OpenCV bilinear), BGR -> RGB,
    ``(x - mean) / std`` in float32, then pad right and bottom with ``pad_value`` up to the graph's fixed input
    size (the exported size padded to the size divisor).
-2. ONNX Runtime.
+2. ONNX Runtime, given each resized image's (h, w) as ``image_shapes`` where the graph takes it (detectors: the
+   graph clips boxes to it and DETR-like models mask the padding, as mmdet does with ``img_shape``).
 3. ``postprocess``: boxes clipped to the resized image and divided by the resize factors (as mmdet rescales),
    28x28 mask probabilities pasted into the original image as mmdet's ``_do_paste_mask`` does on CPU (bilinear,
    pixel centres, zero outside the mask), thresholded at ``mask_thr_binary``; segmentation logits cropped to the
@@ -175,8 +176,8 @@ def rescale_boxes(boxes: np.ndarray, scale_factor: Tuple[float, float]) -> np.nd
 
 
 def clip_boxes(boxes: np.ndarray, img_shape: Tuple[int, int]) -> np.ndarray:
-    """Boxes clipped to the resized image (h, w), as mmdet's box decoding clips them to ``img_shape``: the graph
-    only knows its fixed input size, so a smaller resized image's boxes can reach into the padding."""
+    """Boxes clipped to the resized image (h, w), as mmdet's box decoding clips them to ``img_shape``. Graphs with
+    an ``image_shapes`` input have done so already; older ones (without it) only knew their fixed input size."""
     boxes = boxes.astype(np.float32).copy()
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, img_shape[1])
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, img_shape[0])
@@ -349,6 +350,7 @@ class OnnxModel:
         self.meta = read_metadata(self.session, self.path)
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
+        self.takes_image_shapes = 'image_shapes' in [other.name for other in self.session.get_inputs()]
         batch = graph_input.shape[0]
         self.batch_size = batch if isinstance(batch, int) and batch > 0 else None  # None: any batch size
         self.output_names = [output.name for output in self.session.get_outputs()]
@@ -361,13 +363,21 @@ class OnnxModel:
     def classes(self) -> List[str]:
         return list(self.meta.get('classes') or [])
 
-    def run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        """The graph on preprocessed inputs [B, 3, H, W]; a fixed batch size is filled with copies of the last
+    def run(self, batch: np.ndarray, image_shapes: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """The graph on preprocessed inputs [B, 3, H, W] whose resized images are ``image_shapes`` [B, 2] (h, w)
+        inside them (default: the exported image size); a fixed batch size is filled with copies of the last
         image (their outputs dropped)."""
         count = len(batch)
+        if image_shapes is None:
+            image_shapes = np.tile(np.asarray(self.meta.get('image_size') or self.meta['input_size']), (count, 1))
+        image_shapes = np.asarray(image_shapes, dtype=np.int64).reshape(count, 2)
         if self.batch_size and count < self.batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - count, axis=0)])
-        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+            image_shapes = np.concatenate([image_shapes, np.repeat(image_shapes[-1:], self.batch_size - count, 0)])
+        feeds = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        if self.takes_image_shapes:
+            feeds['image_shapes'] = image_shapes
+        outputs = self.session.run(None, feeds)
         return {name: value[:count] for name, value in zip(self.output_names, outputs)}
 
     def predict(self, images: Sequence[np.ndarray], score_thr: float = 0.0) -> List[Prediction]:
@@ -377,7 +387,7 @@ class OnnxModel:
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
             inputs, image_metas = zip(*(preprocess(image, self.meta) for image in chunk))
-            outputs = self.run(np.stack(inputs))
+            outputs = self.run(np.stack(inputs), np.array([image_meta.img_shape for image_meta in image_metas]))
             for index, image_meta in enumerate(image_metas):
                 if self.task == 'semantic':
                     predictions.append(postprocess_semantic(outputs, index, image_meta, self.meta))

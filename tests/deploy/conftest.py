@@ -8,7 +8,7 @@ add theirs (segmentation, DINO, Mask2Former) here or in their own test files.
 import importlib
 import textwrap
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import pytest
 import torch
@@ -18,6 +18,7 @@ from mmdavit.datasets.synthetic import make_ade_semantic, make_coco_instances
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = (128, 160)  # (h, w) of the generated images, as the synthetic configs' (w, h) = (160, 128)
+OTHER_ASPECT = (160, 100)  # (h, w) of a portrait image verified besides them
 
 # One layer per stage, dims 32..256: the same code paths as DaViT-T at a fraction of the compute.
 NARROW_BACKBONE = 'dict(_delete_=True, embed_dims=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))'
@@ -116,12 +117,13 @@ def train_briefly(config: Path, out: Path, iterations: int = TRAIN_ITERATIONS, s
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import OptimWrapper
     from mmengine.registry import init_default_scope
+    from mmengine.runner import set_random_seed
 
     import mmdavit  # noqa: F401
     registry = importlib.import_module(f'{scope}.registry')
     cfg = Config.fromfile(config)
     init_default_scope(scope)
-    torch.manual_seed(0)
+    set_random_seed(0)  # torch, numpy and random: the pipelines' random crops and flips draw from the latter
     model = registry.MODELS.build(cfg.model)
     model.init_weights()
     dataset = registry.DATASETS.build(cfg.train_dataloader.dataset)
@@ -134,6 +136,18 @@ def train_briefly(config: Path, out: Path, iterations: int = TRAIN_ITERATIONS, s
                                   palette=[list(c) for c in dataset.metainfo['palette']]))
     torch.save(dict(state_dict=model.state_dict(), meta=meta), out)
     return out
+
+
+def verification_images(cfg: Config, folder: Path) -> List[str]:
+    """The config's validation images and a portrait copy of the first (160 x 100: resized to fit the export's
+    frame it leaves padding on the right, so that the graph's ``image_shapes`` input is exercised)."""
+    import cv2
+
+    from mmdavit.deploy.export import val_images
+    paths = val_images(cfg)
+    portrait = folder / 'portrait.png'
+    cv2.imwrite(str(portrait), cv2.resize(cv2.imread(paths[0]), OTHER_ASPECT[::-1], interpolation=cv2.INTER_AREA))
+    return paths + [str(portrait)]
 
 
 @pytest.fixture(scope='session')

@@ -6,7 +6,9 @@ masks IoU > 0.99; it raises otherwise).
 Sizes: 128 x 160 (a multiple of 32: the input is the image) and 120 x 152 (not one: the configs'
 pad_size_divisor=32 pads the input to 128 x 160; boxes are clipped and masks pasted at 120 x 152). Each family
 is exported once with each exporter, the two at different sizes (dynamo exports cost ~20 s of CPU each here);
-torch < 2.5 has no dynamo exporter and skips those cases.
+torch < 2.5 has no dynamo exporter and skips those cases. Besides the two validation images, each file is
+verified on a portrait image (160 x 100), which leaves padding on the right of the frame: the graph's
+``image_shapes`` input tells it where the image ends, as ``img_shape`` tells mmdet.
 """
 import importlib.util
 import re
@@ -17,7 +19,8 @@ import torch
 from mmdavit.compat import torch_at_least
 from mmdavit.deploy import export as deploy_export
 from mmdavit.deploy.export import (ExportError, VerificationError, build_wrapper, export_onnx, load_inputs,
-                                   load_model, read_metadata, val_images, verify)
+                                   load_model, read_metadata, verify)
+from tests.deploy.conftest import verification_images
 from tests.tools.common import load_tool
 
 onnx = pytest.importorskip('onnx')
@@ -45,9 +48,9 @@ def export_and_verify(trained, family, size, exporter, tmp_path, batch_size=1, *
     path = tmp_path / f'{family}.onnx'
     export_onnx(wrapper, model, cfg, str(path), image_size=size, config_path=str(config), exporter=exporter,
                 batch_size=batch_size)
-    inputs = load_inputs(model, cfg, val_images(cfg), size)
-    figures = verify(str(path), wrapper, model, inputs, size)
-    return path, figures, (model, wrapper, inputs)
+    inputs, image_shapes = load_inputs(model, cfg, verification_images(cfg, tmp_path), size)
+    figures = verify(str(path), wrapper, model, inputs, image_shapes)
+    return path, figures, (model, wrapper, inputs, image_shapes)
 
 
 def check_file(path, family, size, exporter, batch_size=1, mask_shape=(28, 28)):
@@ -62,8 +65,10 @@ def check_file(path, family, size, exporter, batch_size=1, mask_shape=(28, 28)):
     assert meta['classes'] == CLASSES and len(meta['palette']) == 4
     assert meta['preprocess']['pad_size_divisor'] == 32 and meta['preprocess']['bgr_to_rgb'] is True
     assert meta['preprocess']['resize'] == {'scale': [size[1], size[0]], 'keep_ratio': True}
-    graph_input = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert graph_input == [batch_size, 3] + INPUT_SIZE
+    images, image_shapes = proto.graph.input
+    assert [d.dim_value for d in images.type.tensor_type.shape.dim] == [batch_size, 3] + INPUT_SIZE
+    assert image_shapes.name == 'image_shapes' and image_shapes.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [d.dim_value for d in image_shapes.type.tensor_type.shape.dim] == [batch_size, 2]
     k = meta['outputs']['dets']['shape'][1]
     assert meta['outputs']['dets']['shape'] == [batch_size, k, 5]
     assert meta['outputs']['labels']['shape'] == [batch_size, k]
@@ -98,7 +103,7 @@ def test_pasted_masks_and_a_wrong_reference_is_caught(trained, tmp_path):
     is changed (a higher score threshold in the model's test_cfg): verify must fail, naming the detections
     that have no counterpart."""
     size = (120, 152)
-    path, figures, (model, wrapper, inputs) = export_and_verify(trained, 'maskrcnn', size, 'torchscript',
+    path, figures, (model, wrapper, inputs, image_shapes) = export_and_verify(trained, 'maskrcnn', size, 'torchscript',
                                                                  tmp_path, paste_masks=True)
     assert_compared_something(figures)
     assert all('min_mask_iou' in f for f in figures)
@@ -107,7 +112,7 @@ def test_pasted_masks_and_a_wrong_reference_is_caught(trained, tmp_path):
     scores = [f['reference'] for f in figures]
     model.roi_head.test_cfg['score_thr'] = 0.5 if max(scores) else 0.0
     with pytest.raises(VerificationError, match='without a counterpart'):
-        verify(str(path), wrapper, model, inputs, size, log=lambda line: None)
+        verify(str(path), wrapper, model, inputs, image_shapes, log=lambda line: None)
 
 
 @requires_mmdet
@@ -122,6 +127,7 @@ def test_tool_exports_and_verifies_batch_of_two(trained, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert status == 0, printed
     assert f'wrote {out}' in printed and 'opset 17' in printed and 'input images [2, 3, 128, 160]' in printed
+    assert 'image_shapes [2, 2]' in printed
     for line in ('output dets [2, 50, 5]', 'output labels [2, 50]', 'output num_dets [2]'):
         assert line in printed
     assert printed.count(' matched (') == 2 and 'verified: ONNX Runtime matches PyTorch predict on 2' in printed

@@ -16,8 +16,8 @@ import torch
 
 from mmdavit.compat import torch_at_least
 from mmdavit.deploy import export as deploy_export
-from mmdavit.deploy.export import build_wrapper, export_onnx, load_inputs, load_model, read_metadata, val_images, verify
-from tests.deploy.conftest import COCO_DATA, NARROW_BACKBONE, ROOT, train_briefly
+from mmdavit.deploy.export import build_wrapper, export_onnx, load_inputs, load_model, read_metadata, verify
+from tests.deploy.conftest import COCO_DATA, NARROW_BACKBONE, ROOT, train_briefly, verification_images
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
@@ -127,8 +127,8 @@ def test_onnx_runtime_matches_predict(trained_any, tmp_path, family, size, expor
     logs = []
     meta = export_onnx(wrapper, model, cfg, str(path), image_size=size, config_path=str(config), exporter=exporter,
                        log=logs.append)
-    inputs = load_inputs(model, cfg, val_images(cfg), size)
-    figures = verify(str(path), wrapper, model, inputs, size, log=logs.append)
+    inputs, image_shapes = load_inputs(model, cfg, verification_images(cfg, tmp_path), size)
+    figures = verify(str(path), wrapper, model, inputs, image_shapes, log=logs.append)
     print('\n'.join(logs))  # export time, size and the figures, for the report (pytest -s)
 
     proto = onnx.load(str(path))
@@ -136,6 +136,9 @@ def test_onnx_runtime_matches_predict(trained_any, tmp_path, family, size, expor
     stored = read_metadata(str(path))
     assert stored['exporter'] == exporter and stored['image_size'] == list(size)
     assert stored['classes'] == ['circle', 'square', 'triangle', 'star']
+    graph_inputs = [graph_input.name for graph_input in proto.graph.input]
+    assert graph_inputs == (['images'] if wrapper.task == 'semantic' else ['images', 'image_shapes'])
+    assert list(stored['inputs']) == graph_inputs
     # verify() raised on any disagreement; here the figures once more, and that there was something to compare
     if wrapper.task == 'semantic':
         input_size = [128, 160] if family == 'mask2former_ade' else list(size)
@@ -154,6 +157,19 @@ def test_onnx_runtime_matches_predict(trained_any, tmp_path, family, size, expor
             assert stored['outputs']['masks']['shape'][-2:] == list(size)
             assert all(f['min_mask_iou'] > 0.99 for f in figures), figures
     assert meta['seconds'] > 0 and meta['bytes'] == path.stat().st_size
+
+
+def test_label_ties_count_as_agreement_and_nothing_else():
+    """Two classes, three pixels: a tie (both logits 0), a clear 1 > 0 and a clear 0.5 > 0.2. ONNX labels
+    (1, 0, 1): the tie is agreement, the third pixel is not."""
+    from types import SimpleNamespace
+
+    reference_logits = torch.tensor([[[0.0, 1.0, 0.5]], [[0.0, 0.0, 0.2]]])
+    reference = SimpleNamespace(seg_logits=SimpleNamespace(data=reference_logits),
+                                pred_sem_seg=SimpleNamespace(data=reference_logits.argmax(0, keepdim=True)))
+    ours = dict(seg_logits=reference_logits.numpy(), seg_labels=torch.tensor([[1, 0, 1]]).numpy())
+    figures = deploy_export._compare_semantic(ours, reference)
+    assert figures['labels_equal'] == pytest.approx(1 / 3) and figures['label_agreement'] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize('in_size,out_size', [(16, 6), (16, 3), (4, 6), (5, 3), (7, 2), (1, 1), (13, 13)])

@@ -114,7 +114,7 @@ def benchmark(config: str, image_size, args, work_dir: Path, cfg_options: Option
 
     torch.manual_seed(0)
     inputs = torch.randn(1, 3, *padded_size(cfg, image_size))
-    samples = _reference_samples(model, inputs, image_size)
+    samples = _reference_samples(model, inputs, torch.tensor([image_size]))
     onnx_model = runtime.OnnxModel(str(path), threads=args.threads)
     image_meta = runtime.ImageMeta(tuple(image_size), tuple(image_size), (1.0, 1.0))
     numpy_inputs = inputs.numpy()

@@ -78,9 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     images = args.images or val_images(cfg)
     print(f'verifying on {len(images)} image(s): {", ".join(map(str, images))}')
     try:
-        verify_inputs = load_inputs(model, cfg, images, image_size)
+        inputs, image_shapes = load_inputs(model, cfg, images, image_size)
         from mmdavit.deploy.export import verify
-        verify(args.out, wrapper, model, verify_inputs, image_size)
+        verify(args.out, wrapper, model, inputs, image_shapes)
     except VerificationError as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
