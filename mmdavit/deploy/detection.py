@@ -1,8 +1,8 @@
 """Export wrappers for mmdet's RetinaNet, Mask R-CNN and Cascade Mask R-CNN.
 
-Each wrapper's ``forward(images, image_shapes)`` runs the model's own modules (backbone, neck, heads) and re-implements the
-test-time post-processing of mmdet 3.3 in tensor ops that export to standard ONNX (``NonMaxSuppression``,
-``RoiAlign``, ``TopK``, ``GridSample``), keeping its semantics:
+Each wrapper's ``forward(images, image_shapes)`` runs the model's own modules (backbone, neck, heads) and
+re-implements the test-time post-processing of mmdet 3.3 in tensor ops that export to standard ONNX
+(``NonMaxSuppression``, ``RoiAlign``, ``TopK``, ``GridSample``), keeping its semantics:
 
 - dense heads (RetinaNet): per level, ``nms_pre`` best of the flattened (anchor, class) scores above
   ``score_thr``; decode; ``min_bbox_size``; class-aware NMS; ``max_per_img``
@@ -10,7 +10,7 @@ test-time post-processing of mmdet 3.3 in tensor ops that export to standard ONN
 - RPN: per level the ``nms_pre`` best anchors; decode; ``min_bbox_size``; NMS within each level;
   ``max_per_img`` proposals (``RPNHead._predict_by_feat_single``);
 - R-CNN: RoIAlign at the level each RoI's scale maps to; softmax; per-class decode; every (RoI, class) pair
-  above ``score_thr``; class-aware NMS; ``max_per_img`` (``BBoxHead._predict_by_feat_single``,
+  above ``score_thr``; class-aware NMS (one per class); ``max_per_img`` (``BBoxHead._predict_by_feat_single``,
   ``multiclass_nms``); masks from the final boxes, sigmoid, the label's channel;
 - Cascade: each stage refines the RoIs with its argmax class's deltas; the final classification is the softmax
   of the stages' logits averaged; masks are the stages' sigmoids averaged (``CascadeRoIHead``).
@@ -255,7 +255,8 @@ class TwoStageWrapper(_DetectorWrapper):
         for i in range(batch):  # multiclass_nms over every (RoI, class) pair above score_thr
             image_boxes, image_scores = boxes[i].reshape(-1, 4), scores[i].reshape(-1)
             valid = (image_scores > score_thr) & proposal_valid[i].repeat_interleave(num_classes)
-            index, kept = nms_topk(image_boxes, image_scores, valid, labels, self.rcnn_iou, self.max_dets)
+            index, kept = nms_topk(image_boxes, image_scores, valid, labels, self.rcnn_iou, self.max_dets,
+                                   num_groups=num_classes)
             per_image.append(self.detections(image_boxes, image_scores, labels, index, kept))
         return self.stack(per_image)
 

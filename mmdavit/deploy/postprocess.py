@@ -4,7 +4,7 @@ Everything here works on one image's candidates at static sizes; the only data-d
 (``NonZero`` -> ``NonMaxSuppression``), whose result is scattered back onto the static candidate set and cut to a
 fixed ``k`` with ``TopK``. So the graph's outputs have fixed shapes, padded after the valid rows.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import math
 
@@ -54,29 +54,54 @@ def decode_boxes(coder, priors: Tensor, deltas: Tensor, max_shape: Tensor) -> Te
     return delta2bbox(priors, deltas, coder.means, coder.stds, max_shape, clip_border=coder.clip_border)
 
 
-def nms_topk(boxes: Tensor, scores: Tensor, valid: Tensor, groups: Tensor, iou_threshold: float,
-             k: int) -> Tuple[Tensor, Tensor]:
+def nms_topk(boxes: Tensor, scores: Tensor, valid: Tensor, groups: Tensor, iou_threshold: float, k: int,
+             num_groups: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """mmcv's ``batched_nms`` on the valid candidates, then the first ``k`` kept boxes by score.
 
     boxes [N, 4], scores [N], valid [N] bool, groups [N] int (NMS runs within a group: class or level).
-    As mmcv, groups are separated by offsetting each box by ``group * (max coordinate + 1)`` (the maximum over
-    the valid boxes). Returns ``index`` [k] into the N candidates, sorted by score descending, and ``kept`` [k]
-    bool, False on padding rows (their index is arbitrary).
+    As mmcv below 10,000 boxes, groups are separated by offsetting each box by ``group * (max coordinate + 1)``
+    (the maximum over the valid boxes). With ``num_groups`` (candidates laid out [N / num_groups, num_groups],
+    the group being the column), NMS runs once per group, as mmcv does above 10,000 boxes: ONNX Runtime's
+    ``NonMaxSuppression`` compares every candidate with every box kept so far, so one NMS over, e.g., 1000 RoIs
+    x 80 classes costs seconds where 80 small ones cost milliseconds. Returns ``index`` [k] into the N
+    candidates, sorted by score descending, and ``kept`` [k] bool, False on padding rows (their index is
+    arbitrary).
     """
     num_candidates = scores.shape[0]
-    candidates = torch.nonzero(valid).squeeze(1)
-    cand_boxes = boxes[candidates]
-    # mmcv: boxes.max() over the candidates; the appended 0 only matters when there is none
-    max_coordinate = torch.cat([cand_boxes.reshape(-1), cand_boxes.new_zeros(1)]).max()
-    offsets = groups[candidates].to(boxes.dtype) * (max_coordinate + 1)
-    keep = torchvision.ops.nms(cand_boxes + offsets[:, None], scores[candidates], iou_threshold)
-    kept_mask = scores.new_zeros(num_candidates).scatter(0, candidates[keep], scores.new_ones(keep.shape[0]))
+    if num_groups is None:
+        kept_mask = _kept_offset(boxes, scores, valid, groups, iou_threshold)
+    else:
+        kept_mask = _kept_per_group(boxes, scores, valid, num_groups, iou_threshold)
     # kept candidates first, by score; scores are >= 0 (sigmoid / softmax outputs)
     ranked = torch.where(kept_mask > 0, scores, scores.new_full((), -1.0))
     if num_candidates < k:
         ranked = torch.cat([ranked, ranked.new_full((k - num_candidates, ), -2.0)])
     top_scores, index = ranked.topk(k)
     return index.clamp(max=num_candidates - 1), top_scores >= 0
+
+
+def _kept_offset(boxes: Tensor, scores: Tensor, valid: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """[N] 1.0 where a candidate survives one NMS over all groups, kept apart by coordinate offsets."""
+    candidates = torch.nonzero(valid).squeeze(1)
+    cand_boxes = boxes[candidates]
+    # mmcv: boxes.max() over the candidates; the appended 0 only matters when there is none
+    max_coordinate = torch.cat([cand_boxes.reshape(-1), cand_boxes.new_zeros(1)]).max()
+    offsets = groups[candidates].to(boxes.dtype) * (max_coordinate + 1)
+    keep = torchvision.ops.nms(cand_boxes + offsets[:, None], scores[candidates], iou_threshold)
+    return scores.new_zeros(scores.shape[0]).scatter(0, candidates[keep], scores.new_ones(keep.shape[0]))
+
+
+def _kept_per_group(boxes: Tensor, scores: Tensor, valid: Tensor, num_groups: int, iou_threshold: float) -> Tensor:
+    """[N] 1.0 where a candidate survives the NMS of its group (column of [N / num_groups, num_groups])."""
+    kept_mask = scores.new_zeros(scores.shape[0])
+    boxes = boxes.reshape(-1, num_groups, 4)
+    scores, valid = scores.reshape(-1, num_groups), valid.reshape(-1, num_groups)
+    for group in range(num_groups):
+        candidates = torch.nonzero(valid[:, group]).squeeze(1)
+        keep = torchvision.ops.nms(boxes[candidates, group], scores[candidates, group], iou_threshold)
+        positions = candidates[keep] * num_groups + group
+        kept_mask = kept_mask.scatter(0, positions, kept_mask.new_ones(keep.shape[0]))
+    return kept_mask
 
 
 def topk_candidates(scores: Tensor, k: int) -> Tensor:

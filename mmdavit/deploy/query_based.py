@@ -1,7 +1,7 @@
 """Export wrappers for mmdet's query-based models: DINO (detection) and Mask2Former (COCO instance segmentation).
 
-Each ``forward(images, image_shapes)`` runs the model's own modules (backbone, neck / pixel decoder, transformer, heads) and
-re-implements mmdet 3.3's test-time post-processing in batched tensor ops with fixed output sizes:
+Each ``forward(images, image_shapes)`` runs the model's own modules (backbone, neck / pixel decoder, transformer,
+heads) and re-implements mmdet 3.3's test-time post-processing in batched tensor ops with fixed output sizes:
 
 - DINO (``DETRHead._predict_by_feat_single``): the transformer's padding masks made from ``image_shapes``
   (``DeformableDETR.pre_transformer``); the last decoder layer's sigmoid scores; the ``max_per_img`` best
@@ -16,8 +16,9 @@ re-implements mmdet 3.3's test-time post-processing in batched tensor ops with f
 Outputs: ``dets`` [B, K, 5] (x1, y1, x2, y2, score in the network-input frame), ``labels`` [B, K] int64,
 ``num_dets`` [B] int64, valid rows first by descending score, padding rows with score 0 and label -1;
 Mask2Former adds ``masks`` [B, K, h, w]: sigmoid mask probabilities at the exported image size (h, w) =
-``image_size`` (the input size when None; 0 outside each image's shape), mmdet's binary mask being ``masks > 0.5``; 0 on padding rows. K = ``max_dets`` (the
-config's ``max_per_img`` / ``max_per_image`` when None). mmdet applies no score threshold here; ``score_thr``
+``image_size`` (the input size when None; 0 outside each image's shape), mmdet's binary mask being
+``masks > 0.5``; 0 on padding rows. K = ``max_dets`` (the config's ``max_per_img`` / ``max_per_image`` when
+None). mmdet applies no score threshold here; ``score_thr``
 (None: 0) turns rows at or below it into padding.
 
 Deformable attention: mmcv's ``MultiScaleDeformableAttention`` calls its CUDA kernel only for CUDA tensors; on
@@ -408,7 +409,7 @@ class Mask2FormerInstanceWrapper(_QueryWrapper):
             fusion.test_cfg['max_per_image'] = int(max_dets)
         self.max_dets = int(fusion.test_cfg.get('max_per_image', 100))
 
-    def forward(self, images: Tensor, image_shapes: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_shapes: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
         model = self.model
         input_size, image_size = self.sizes(images)
         image_shapes = image_shapes_or_default(images, image_shapes, image_size)

@@ -60,3 +60,39 @@ def test_postprocess_ops_match_in_onnx_runtime(tmp_path):
     np.testing.assert_array_equal(actual[0][kept], expected[0].numpy()[kept])
     np.testing.assert_allclose(actual[2], expected[2].numpy(), atol=1e-5)
     np.testing.assert_allclose(actual[3], expected[3].numpy(), atol=1e-5)
+
+
+class GroupedNms(torch.nn.Module):
+    def forward(self, boxes, scores):  # boxes [n, 5, 4], scores [n, 5]: five classes per row, as the R-CNN's
+        labels = torch.arange(5).repeat(boxes.shape[0])
+        return nms_topk(boxes.reshape(-1, 4), scores.reshape(-1), scores.reshape(-1) > 0.2, labels, 0.5, 60,
+                        num_groups=5)
+
+
+def test_nms_per_class_equals_torchvision_batched_nms_in_onnx_runtime(tmp_path):
+    """The R-CNN's per-class NMS (one NonMaxSuppression per class) keeps what torchvision's batched_nms keeps
+    (an independent class-aware NMS), best first, in PyTorch and in ONNX Runtime."""
+    import torchvision
+    generator = torch.Generator().manual_seed(1)
+    xy = torch.rand(40, 5, 2, generator=generator) * 24  # crowded within each class
+    boxes = torch.cat([xy, xy + 12 + torch.rand(40, 5, 2, generator=generator) * 12], dim=-1)
+    scores = torch.rand(40, 5, generator=generator)
+    flat_boxes, flat_scores = boxes.reshape(-1, 4), scores.reshape(-1)
+    candidates = torch.nonzero(flat_scores > 0.2).squeeze(1)
+    reference = candidates[torchvision.ops.batched_nms(flat_boxes[candidates], flat_scores[candidates],
+                                                       candidates % 5, 0.5)][:60]
+    index, kept = GroupedNms()(boxes, scores)
+    assert 20 <= kept.sum() < len(candidates)  # NMS suppressed some; fewer than 60 kept: padding rows too
+    torch.testing.assert_close(index[kept], reference)
+
+    path = tmp_path / 'nms.onnx'
+    kwargs = dict(dynamo=False) if 'dynamo' in torch.onnx.export.__code__.co_varnames else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(GroupedNms(), (boxes, scores), str(path), opset_version=17, **kwargs)
+    assert sum(node.op_type == 'NonMaxSuppression' for node in onnx.load(str(path)).graph.node) == 5
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    names = [i.name for i in session.get_inputs()]
+    onnx_index, onnx_kept = session.run(None, dict(zip(names, (boxes.numpy(), scores.numpy()))))
+    np.testing.assert_array_equal(onnx_kept, kept.numpy())
+    np.testing.assert_array_equal(onnx_index[onnx_kept], reference.numpy())
