@@ -251,15 +251,19 @@ def static_deformable_attention(model: nn.Module, shapes: List[Tuple[int, int]])
             delattr(module, name)
 
 
+def padding_mask(image_shapes: Tensor, size: Tuple[int, int]) -> Tensor:
+    """[B, h, w] bool, True right of and below each image's (h, w) in ``image_shapes`` [B, 2]."""
+    rows = torch.arange(size[0], device=image_shapes.device)[None, :, None]
+    columns = torch.arange(size[1], device=image_shapes.device)[None, None, :]
+    return (rows >= image_shapes[:, 0, None, None]) | (columns >= image_shapes[:, 1, None, None])
+
+
 def padded_pre_transformer(detector: nn.Module, feats: Sequence[Tensor], image_shapes: Tensor,
                            input_size: Tuple[int, int]) -> Tuple[dict, dict]:
     """mmdet's ``DeformableDETR.pre_transformer`` with the padding masks made from ``image_shapes`` [B, 2]
     (a graph input) and the level sizes as Python ints. mmdet builds the masks from Python ints, and leaves
     them out while exporting or when every image fills the input; all-zero masks give the same values."""
-    rows = torch.arange(input_size[0], device=image_shapes.device)[None, :, None]
-    columns = torch.arange(input_size[1], device=image_shapes.device)[None, None, :]
-    masks = ((rows >= image_shapes[:, 0, None, None]) | (columns >= image_shapes[:, 1, None, None]))
-    masks = masks.to(feats[0].dtype)  # 1: padding, as mmdet's
+    masks = padding_mask(image_shapes, input_size).to(feats[0].dtype)  # 1: padding, as mmdet's
     level_masks = [F.interpolate(masks[None], size=feat.shape[-2:]).to(torch.bool).squeeze(0) for feat in feats]
     flat_feats, flat_positions, flat_masks = [], [], []
     for level, (feat, mask) in enumerate(zip(feats, level_masks)):
@@ -420,10 +424,7 @@ class Mask2FormerInstanceWrapper(_QueryWrapper):
         mask_cls = cls_list[-1]  # [B, Q, C + 1]
         mask_pred = F.interpolate(mask_list[-1], size=input_size, mode='bilinear', align_corners=False)
         mask_pred = mask_pred[:, :, :image_size[0], :image_size[1]]  # remove padding: each image's own, below
-        rows = torch.arange(image_size[0], device=images.device)[None, :, None]
-        columns = torch.arange(image_size[1], device=images.device)[None, None, :]
-        inside = (rows < image_shapes[:, 0, None, None]) & (columns < image_shapes[:, 1, None, None])
-        mask_pred = mask_pred.masked_fill(~inside[:, None], float('-inf'))
+        mask_pred = mask_pred.masked_fill(padding_mask(image_shapes, image_size)[:, None], float('-inf'))
         fusion = model.panoptic_fusion_head
         num_classes = fusion.num_classes
         scores, index = F.softmax(mask_cls, dim=-1)[..., :-1].flatten(1).topk(self.max_dets, dim=1)
