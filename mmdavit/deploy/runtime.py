@@ -104,17 +104,23 @@ class ImageMeta:
     scale_factor: Tuple[float, float]
 
 
+def resized_size(height: int, width: int, resize: Optional[dict]) -> Tuple[int, int]:
+    """(new_h, new_w) of an image as ``resize_image`` resizes it."""
+    if not resize:
+        return height, width
+    scale = resize['scale']
+    new_w, new_h = fit_size(width, height, scale) if resize.get('keep_ratio', True) else scale
+    return int(new_h), int(new_w)
+
+
 def resize_image(image: np.ndarray, resize: Optional[dict]) -> np.ndarray:
     """mmcv's ``Resize`` on the image (cv2 backend, bilinear) to ``resize['scale']`` (w, h), keeping the aspect
     ratio (``fit_size``) or not; ``resize`` None leaves it as it is."""
-    if not resize:
-        return image
     height, width = image.shape[:2]
-    scale = resize['scale']
-    new_w, new_h = fit_size(width, height, scale) if resize.get('keep_ratio', True) else scale
-    if (new_w, new_h) == (width, height):
+    new_h, new_w = resized_size(height, width, resize)
+    if (new_h, new_w) == (height, width):
         return image
-    return cv2.resize(image, (int(new_w), int(new_h)), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
 
 
 def normalize(image: np.ndarray, preprocess: dict) -> np.ndarray:
@@ -158,6 +164,22 @@ def preprocess(image: np.ndarray, meta: dict) -> Tuple[np.ndarray, ImageMeta]:
             f'(h x w); re-export with --shape {_padded(new_h, cfg)} {_padded(new_w, cfg)} or larger')
     chw = pad_to(normalize(resized, cfg), (input_h, input_w), float(cfg.get('pad_value', 0)))
     return chw, ImageMeta((height, width), (new_h, new_w), (new_w / width, new_h / height))
+
+
+def padding_note(image: np.ndarray, meta: dict) -> Optional[str]:
+    """None when the image, resized and padded to the size divisor on its own (as mmdet / mmseg pad one image),
+    is exactly the graph's input; otherwise why its result can differ from the PyTorch model's on this image
+    alone: the graph pads it further, and DaViT's attention, which spans the whole input, sees that padding."""
+    cfg = meta['preprocess']
+    new_h, new_w = resized_size(image.shape[0], image.shape[1], cfg.get('resize'))
+    own = (_padded(new_h, cfg), _padded(new_w, cfg))
+    input_h, input_w = meta['input_size']
+    if own == (input_h, input_w):
+        return None
+    return (f'resized to {new_h}x{new_w}, it fills {own[0]}x{own[1]} of the graph\'s {input_h}x{input_w} input after '
+            f'padding to the size divisor; the rest is padding that the model alone would not see (DaViT\'s '
+            f'attention spans the whole input), so results can differ from the PyTorch model\'s on this image. '
+            f'Export with --shape {new_h} {new_w} for images of this size')
 
 
 def _padded(size: int, cfg: dict) -> int:

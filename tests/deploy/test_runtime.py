@@ -130,6 +130,16 @@ def test_segmentation_preprocessing_equals_mmseg_pipeline(tmp_path, config, size
     assert_same_input(ours, image_meta, theirs, sample, pad_value=0.0)
 
 
+def test_padding_beyond_the_divisor_is_noted_with_the_export_size():
+    """An image whose own padded size is the graph's input gets no note; a wider one (60 x 160 in a 128 x 160
+    graph: mmdet would pad it to 64 x 160) is told so, with the --shape that fits it."""
+    cfg = Config.fromfile(str(DET_CONFIG))
+    meta = export_metadata(cfg, 'detection', (120, 152))  # input 128 x 160
+    assert runtime.padding_note(np.zeros((60, 76, 3), np.uint8), meta) is None  # -> 120 x 152 -> 128 x 160
+    note = runtime.padding_note(np.zeros((30, 80, 3), np.uint8), meta)  # -> 57 x 152 -> 64 x 160
+    assert 'fills 64x160 of the graph\'s 128x160 input' in note and '--shape 57 152' in note
+
+
 def test_image_larger_than_the_graph_input_is_refused_with_the_export_size():
     meta = dict(task='semantic', input_size=[64, 64],
                 preprocess=dict(resize=None, mean=[0, 0, 0], std=[1, 1, 1], pad_size_divisor=32))
@@ -389,12 +399,15 @@ def test_onnx_infer_draws_without_torch_mmcv_mmdet(tmp_path):
     images.mkdir()
     write_image(images / 'a.png', (64, 80), seed=1)
     write_image(images / 'b.jpg', (128, 160), seed=2)
+    write_image(images / 'c.png', (60, 160), seed=3)  # wide: 64 x 160 after padding in a 128 x 160 graph
 
     result = run_hidden([images, '--model', instance, '--out-dir', tmp_path / 'det', '--score-thr', 0.5,
                          '--save-pred', '--scale', 2], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'loaded: []' in result.stdout
     assert '2 detections >= 0.5' in result.stdout
+    notes = [line for line in result.stdout.splitlines() if line.startswith('note: ')]
+    assert len(notes) == 1 and 'c.png: resized to 60x160' in notes[0] and '--shape 60 160' in notes[0], notes
     for name, size in (('a.png', (128, 160)), ('b.jpg', (256, 320))):
         picture = cv2.imread(str(tmp_path / 'det' / 'vis' / name))
         assert picture is not None and picture.shape[:2] == size

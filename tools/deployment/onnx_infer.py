@@ -97,9 +97,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     vis_dir.mkdir(parents=True, exist_ok=True)
     print(f'{args.model}: {model.meta.get("model", "?")} ({model.task}), input {model.meta["input_size"]}, '
           f'outputs {", ".join(model.output_names)}')
-    failed = []
+    failed, notes = [], []
     for path, image in zip(images, decoded):
         try:
+            note = runtime.padding_note(image, model.meta)
+            if note:
+                notes.append(f'{path}: {note}')
             prediction = model.predict([image], score_thr=args.score_thr)[0]
             picture = runtime.draw(image, prediction, model.meta, scale=scale)
         except runtime.RuntimeInputError as error:
@@ -122,6 +125,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             summary = f'{len(prediction.scores)} detections >= {args.score_thr}'
         print(f'{path} -> {out} ({summary})')
+    if notes:  # the first in full: the others differ only in their sizes
+        more = f' (and {len(notes) - 1} more image(s) of other sizes)' if len(notes) > 1 else ''
+        print(f'note: {notes[0]}{more}')
     if failed:
         print(f'error: {len(failed)} of {len(images)} images not drawn: {", ".join(failed)}', file=sys.stderr)
         return 1
