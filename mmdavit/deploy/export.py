@@ -244,7 +244,7 @@ def example_inputs(wrapper, batch_size: int, input_size: Sequence[int], image_si
     images = torch.zeros(batch_size, 3, *input_size)
     if 'image_shapes' not in input_names(wrapper):
         return (images, )
-    return images, torch.tensor([[int(image_size[0]), int(image_size[1])]] * batch_size)
+    return images, image_shapes_or_default(images, None, image_size).contiguous()
 
 
 def _torch_onnx_export(wrapper, example: tuple, path: Path, exporter: str, opset: int) -> None:
@@ -479,26 +479,17 @@ def verify(onnx_path: str, wrapper, model, inputs: torch.Tensor, image_shapes: t
     :class:`VerificationError` beyond the tolerances (detections: same label, box IoU > 0.99, scores within 1e-4,
     masks IoU > 0.99, no detection on one side only unless its score sits at the threshold or the cut to K;
     semantic: logits within 1e-4, labels >= 99.9% equal)."""
-    import onnxruntime
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
-    batch = session.get_inputs()[0].shape[0]
-    feeds_shapes = 'image_shapes' in [graph_input.name for graph_input in session.get_inputs()]
-    names = [output.name for output in session.get_outputs()]
-    image_size = tuple(wrapper.image_size or inputs.shape[-2:]) if hasattr(wrapper, 'image_size') else None
+    from mmdavit.deploy.runtime import OnnxModel
+    onnx_model = OnnxModel(str(onnx_path))  # the runtime's own batching and image_shapes feeding
+    full_masks = onnx_model.meta.get('mask_size') is None  # masks as maps of the image, not per box
+    step = onnx_model.batch_size or inputs.shape[0]
     results, failures = [], []
-    for start in range(0, inputs.shape[0], batch):
-        chunk, shapes = inputs[start:start + batch], image_shapes[start:start + batch]
-        if chunk.shape[0] < batch:  # a fixed batch size: repeat the last image to fill it
-            fill = batch - chunk.shape[0]
-            chunk = torch.cat([chunk, chunk[-1:].expand(fill, *chunk.shape[1:])])
-            shapes = torch.cat([shapes, shapes[-1:].expand(fill, 2)])
-        feeds = {'images': chunk.numpy()}
-        if feeds_shapes:
-            feeds['image_shapes'] = shapes.numpy()
-        outputs = dict(zip(names, session.run(None, feeds)))
+    for start in range(0, inputs.shape[0], step):
+        chunk, shapes = inputs[start:start + step], image_shapes[start:start + step]
+        outputs = onnx_model.run(chunk.numpy(), shapes.numpy())
         with torch.no_grad():
             references = model.predict(chunk, _reference_samples(model, chunk, shapes))
-        for k in range(min(batch, inputs.shape[0] - start)):
+        for k in range(chunk.shape[0]):
             one = {name: value[k] for name, value in outputs.items()}
             if wrapper.task == 'semantic':
                 figures = _compare_semantic(one, references[k])
@@ -512,7 +503,6 @@ def verify(onnx_path: str, wrapper, model, inputs: torch.Tensor, image_shapes: t
                     f'ties within {LOGIT_ATOL})')
             else:
                 test_cfg = _final_test_cfg(model)
-                full_masks = 'masks' in one and tuple(one['masks'].shape[-2:]) == image_size
                 figures = _compare_detections(one, references[k], shapes[k].tolist(),
                                               float(test_cfg.get('score_thr', 0)),
                                               float(test_cfg.get('mask_thr_binary', 0.5)), full_masks)
